@@ -1,0 +1,173 @@
+"""The Adapter protocol: the narrow questions a backend answers so the core can do the rest.
+
+An adapter translates neutral specs into native toolkit calls. Its class (the entry point)
+must import without its framework so that `unicompress backends` can list it anywhere;
+the framework is imported on first use through `require()`, which names the pip command.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional, Sequence
+
+import numpy as np
+
+from ..errors import MissingFrameworkError
+from ..specs import TrainingSpec
+from .capabilities import Capabilities
+from .types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TaskData, TransformerStructure
+
+
+@dataclass
+class StageContext:
+    """What a stage may need besides its spec: the teacher, a progress hook, and a place to log.
+
+    `history` maps a series name (e.g. ``"loss"``, ``"sparsity"``) to (step, value) points;
+    the report plots them and the conformance suite checks them (e.g. a polynomial schedule).
+    """
+
+    teacher: Any = None
+    progress: Optional[Callable[[str, int], Any]] = None  # (description, total) -> tqdm-like bar
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    stage_index: int = 0
+
+    def log(self, series: str, step: int, value: float) -> None:
+        """Record one point of a series."""
+        self.history.setdefault(series, []).append((int(step), float(value)))
+
+    def bar(self, description: str, total: int):
+        """A progress bar (no-op object when none was configured)."""
+        if self.progress is None:
+            return _NullBar()
+        return self.progress(description, total)
+
+
+class _NullBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *a, **k) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+class Adapter(abc.ABC):
+    """Base class of every backend. Subclasses set `name`, `requirements`, `framework_modules`."""
+
+    #: the backend name used in recipes (``backend: torch``)
+    name: ClassVar[str] = ""
+    #: pip requirement strings that install the framework and toolkit
+    requirements: ClassVar[tuple[str, ...]] = ()
+    #: top-level modules whose objects this backend owns (used by is_model without importing)
+    framework_modules: ClassVar[tuple[str, ...]] = ()
+
+    # ---- pure data: works without the framework -------------------------------------------
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """The table of spec values this backend honours (and whether natively or emulated)."""
+
+    def is_model(self, obj: Any) -> bool:
+        """True when `obj` is a model of this framework. Never raises, never imports a framework."""
+        try:
+            mods = {c.__module__.split(".")[0] for c in type(obj).__mro__}
+            return bool(mods & set(self.framework_modules))
+        except Exception:
+            return False
+
+    def require(self, *modules: str) -> list[Any]:
+        """Import the framework modules this adapter needs, or fail with the pip command."""
+        out = []
+        for mod in modules:
+            try:
+                out.append(importlib.import_module(mod))
+            except ImportError as exc:
+                raise MissingFrameworkError(self.name, self.requirements, exc) from exc
+        return out
+
+    # ---- model plumbing ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def copy(self, model: Any) -> Any:
+        """A deep copy the stages can change freely (the user's model is never touched)."""
+
+    @abc.abstractmethod
+    def layers(self, model: Any) -> list[LayerInfo]:
+        """Every compressible layer with its role; names are stable and dotted."""
+
+    def structure(self, model: Any) -> Optional[TransformerStructure]:
+        """Where attention heads and FFN pairs are, or None for a model that is no Transformer."""
+        return None
+
+    @abc.abstractmethod
+    def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        """Float weights of the named layers (all from `layers`) in the neutral [out, in] layout."""
+
+    @abc.abstractmethod
+    def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
+        """Write float weights (neutral layout) into the model's layers of those names."""
+
+    def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
+        """The integer weights and their parameters of every quantized layer."""
+        return {}
+
+    @abc.abstractmethod
+    def run(self, model: Any, inputs: Inputs) -> np.ndarray:
+        """Run the model in inference mode: numpy in, numpy out (the first output, e.g. logits)."""
+
+    @abc.abstractmethod
+    def describe(self, model: Any) -> list[LayerStats]:
+        """Per-layer shape, parameters, non-zeros and bits."""
+
+    # ---- compression --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def handlers(self) -> dict[type, Callable[..., Any]]:
+        """Map spec type -> handler(model, spec, data, ctx) -> compressed model."""
+
+    def apply(self, model: Any, spec: Any, data: Optional[TaskData] = None,
+              ctx: Optional[StageContext] = None) -> Any:
+        """Apply one spec with the native toolkit; returns the (possibly new) model object.
+
+        The core has already checked the capabilities and copied the model.
+        """
+        handler = self.handlers().get(type(spec))
+        if handler is None:
+            raise TypeError(f"{self.name} has no handler for {type(spec).__name__}")
+        return handler(model, spec, data, ctx or StageContext())
+
+    def evaluate(self, model: Any, batches) -> dict[str, float]:
+        """Accuracy over (inputs, labels) batches, computed on `run` outputs."""
+        correct = total = 0
+        for x, y in batches:
+            pred = np.asarray(self.run(model, x)).argmax(-1)
+            correct += int((pred == np.asarray(y)).sum())
+            total += int(np.asarray(y).shape[0])
+        return {"accuracy": correct / total if total else float("nan")}
+
+    # ---- export --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
+        """Write the model as ONNX at `path` (quantized models as QDQ or integer ops)."""
+
+    def export_native(self, model: Any, directory: Path) -> Path:
+        """Write the framework's own deployable format under `directory`; returns what was written."""
+        raise NotImplementedError(f"{self.name} has no native export yet")
+
+    # ---- models from the zoo -------------------------------------------------------------------
+    def build_model(self, zoo: str, **kwargs: Any) -> Any:
+        """Build a named model of the zoo (e.g. ``minilm-l6``) in this framework."""
+        raise NotImplementedError(f"{self.name} cannot build zoo model {zoo!r}")
+
+
+def framework_imported(module: str) -> bool:
+    """Whether a framework's top-level module is already loaded in this process."""
+    return module in sys.modules

@@ -1,0 +1,137 @@
+"""Framework-neutral data the adapters hand to the core: layers, quantized tensors, batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from ..specs.selector import LayerRole
+
+#: One model input: an array, or named arrays (e.g. input_ids, attention_mask).
+Inputs = Union[np.ndarray, dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A compressible layer as the core sees it. Weights are in the neutral [out, in] layout."""
+
+    name: str
+    kind: str  # "linear", "embedding", ...
+    role: LayerRole
+    shape: tuple[int, ...]
+    block: Optional[int] = None  # index of the Transformer block it belongs to, if any
+
+
+@dataclass(frozen=True)
+class AttentionInfo:
+    """Where one self-attention block's projections are, and how many heads it has."""
+
+    block: int
+    query: str
+    key: str
+    value: str
+    output: str
+    num_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class FFNInfo:
+    """One feed-forward pair: `ffn_in` widens to the intermediate size, `ffn_out` narrows back."""
+
+    block: int
+    ffn_in: str
+    ffn_out: str
+
+
+@dataclass(frozen=True)
+class TransformerStructure:
+    """The neutral description of a Transformer: declared once, filled by each adapter."""
+
+    hidden_size: int
+    num_layers: int
+    attention: tuple[AttentionInfo, ...] = ()
+    ffn: tuple[FFNInfo, ...] = ()
+    classifier: Optional[str] = None
+    embeddings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """A weight as the backend stores it after quantization: integers plus their parameters.
+
+    For linear mapping ``w ~= scale * (q - zero_point)``; for log mapping
+    ``|w| ~= scale * base ** -(q - zero_point)`` with `sign` holding the signs and zeros.
+    `axis` is the channel axis of per-channel parameters in the neutral [out, in] layout (0), or None.
+    """
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+    bits: int
+    axis: Optional[int] = None
+    mapping: str = "linear"
+    sign: Optional[np.ndarray] = None
+    base: float = 2.0
+
+    def dequantize(self) -> np.ndarray:
+        from ..reference.quantization import dequantize_tensor  # local: avoids an import cycle
+        return dequantize_tensor(self)
+
+
+@dataclass
+class LayerStats:
+    """One row of a model description: what a layer holds after compression."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    params: int
+    nonzero: int
+    bits: int = 32
+    role: str = "other"
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero / self.params if self.params else 0.0
+
+    @property
+    def nbytes(self) -> float:
+        return self.params * self.bits / 8
+
+
+@dataclass
+class TaskData:
+    """Framework-neutral data for stages that calibrate or train.
+
+    `train` yields (inputs, labels) batches of numpy arrays; `calibration` yields inputs;
+    both are callables so each stage gets a fresh iterator. `num_labels` sizes classifier heads.
+    """
+
+    train: Optional[Callable[[], Iterable[tuple[Inputs, np.ndarray]]]] = None
+    calibration: Optional[Callable[[], Iterable[Inputs]]] = None
+    evaluation: Optional[Callable[[], Iterable[tuple[Inputs, np.ndarray]]]] = None
+    num_labels: Optional[int] = None
+    task: str = "classification"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def calibration_batches(self, limit: int) -> list[Inputs]:
+        """Up to `limit` calibration inputs (falls back to the train inputs)."""
+        source = self.calibration or (lambda: (x for x, _ in self.train()) if self.train else iter(()))
+        out = []
+        for x in source():
+            out.append(x)
+            if len(out) >= limit:
+                break
+        return out
+
+
+def batch_size_of(inputs: Inputs) -> int:
+    """Number of examples in one batch of inputs."""
+    first = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+    return int(first.shape[0])
+
+
+def layer_names(layers: Sequence[LayerInfo]) -> list[str]:
+    return [layer.name for layer in layers]

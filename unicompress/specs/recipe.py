@@ -1,0 +1,105 @@
+"""Recipe: a named chain of stages, a backend, where the model and data come from, what to export."""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import Field, model_validator
+
+from .base import SPEC_VERSION, SpecModel
+from .distillation import DistillationSpec
+from .finetune import FineTuneSpec
+from .lowrank import LowRankSpec
+from .pruning import PruningSpec
+from .quantization import QuantizationSpec
+
+Stage = Annotated[Union[PruningSpec, QuantizationSpec, DistillationSpec, LowRankSpec, FineTuneSpec],
+                  Field(discriminator="technique")]
+#: the spec classes a stage may be, keyed by their `technique`
+STAGE_TYPES = {cls.model_fields["technique"].default: cls
+               for cls in (PruningSpec, QuantizationSpec, DistillationSpec, LowRankSpec, FineTuneSpec)}
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    native = "native"  # the framework's own format (torch state/ExportedProgram, SavedModel/TFLite, Paddle inference)
+
+
+class ModelSource(SpecModel):
+    """Where the model comes from when a recipe runs from the CLI.
+
+    `zoo` names a model every backend can build (e.g. ``minilm-l6``); `factory` is a
+    ``"module:function"`` the CLI imports and calls with `kwargs` and ``backend=<name>``.
+    """
+
+    zoo: Optional[str] = None
+    factory: Optional[str] = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    weights: Optional[str] = Field(None, description="safetensors file to load after building")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one(self) -> "ModelSource":
+        if (self.zoo is None) == (self.factory is None):
+            raise ValueError("give exactly one of zoo or factory")
+        return self
+
+
+class DataSource(SpecModel):
+    """Where train, calibration and evaluation data come from (framework-neutral numpy batches)."""
+
+    dataset: Optional[str] = None
+    factory: Optional[str] = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one(self) -> "DataSource":
+        if (self.dataset is None) == (self.factory is None):
+            raise ValueError("give exactly one of dataset or factory")
+        return self
+
+
+class ExportSpec(SpecModel):
+    """What to write at the end; every file is written atomically."""
+
+    formats: list[ExportFormat] = Field(default_factory=lambda: [ExportFormat.onnx])
+    directory: str = "unicompress-out"
+    opset: int = Field(17, ge=13, le=21)
+
+
+class Recipe(SpecModel):
+    """An ordered chain of compression stages run by one backend.
+
+    Example (YAML)::
+
+        name: minilm-int8
+        backend: torch          # or tensorflow, paddle, auto
+        model: {zoo: minilm-l6, kwargs: {num_labels: 5}}
+        data: {dataset: bbc-news}
+        stages:
+          - technique: quantization
+            mode: static
+    """
+
+    version: Literal["1"] = SPEC_VERSION
+    name: str = Field("recipe", min_length=1, max_length=200)
+    description: str = ""
+    backend: str = Field("auto", min_length=1, description="'auto' picks the backend from the model's type")
+    model: Optional[ModelSource] = None
+    data: Optional[DataSource] = None
+    stages: list[Stage] = Field(..., min_length=1)
+    export: Optional[ExportSpec] = None
+    evaluate: bool = True
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "Recipe":
+        quant_seen = None
+        for i, stage in enumerate(self.stages):
+            if quant_seen is not None and stage.technique != "quantization":
+                raise ValueError(f"stage {i} ({stage.technique}) comes after quantization (stage {quant_seen}); "
+                                 "quantize last, e.g. distill -> prune -> quantize")
+            if stage.technique == "quantization":
+                if quant_seen is not None:
+                    raise ValueError(f"stages {quant_seen} and {i} both quantize; use overrides for mixed precision")
+                quant_seen = i
+        return self

@@ -1,0 +1,72 @@
+"""LayerSelector: which layers of a model a spec touches, by name glob and role."""
+from __future__ import annotations
+
+import fnmatch
+from enum import Enum
+from typing import Iterable, Sequence
+
+from pydantic import Field
+
+from .base import SpecModel
+
+
+class LayerRole(str, Enum):
+    """What a layer does inside a Transformer; adapters fill this from the model's structure."""
+
+    query = "query"
+    key = "key"
+    value = "value"
+    attention_output = "attention_output"
+    ffn_in = "ffn_in"
+    ffn_out = "ffn_out"
+    embedding = "embedding"
+    classifier = "classifier"
+    pooler = "pooler"
+    other = "other"
+
+
+#: Roles touched when a selector names none: every Linear/Dense of the encoder, but not the
+#: embeddings (tiny compute, large accuracy cost) nor the classifier head or pooler.
+DEFAULT_ROLES: tuple[LayerRole, ...] = (LayerRole.query, LayerRole.key, LayerRole.value,
+                                        LayerRole.attention_output, LayerRole.ffn_in,
+                                        LayerRole.ffn_out, LayerRole.other)
+
+
+class LayerSelector(SpecModel):
+    """Chooses the layers a spec applies to.
+
+    A layer is selected when its role is in `roles`, its name matches one of `include`
+    (shell-style globs, e.g. ``"*.attention.*"``) and none of `exclude`.
+    """
+
+    include: list[str] = Field(default_factory=lambda: ["*"], description="name globs to include")
+    exclude: list[str] = Field(default_factory=list, description="name globs to exclude")
+    roles: list[LayerRole] = Field(default_factory=lambda: list(DEFAULT_ROLES),
+                                   description="layer roles to include; default skips embeddings, "
+                                               "pooler and classifier head")
+
+    def matches(self, name: str, role: LayerRole | str) -> bool:
+        """True when a layer of this name and role is selected.
+
+        Example: ``LayerSelector(include=["*ffn*"]).matches("l0.ffn.in", "ffn_in")`` is True.
+        """
+        role = LayerRole(role)
+        if role not in self.roles:
+            return False
+        if not any(fnmatch.fnmatchcase(name, pat) for pat in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, pat) for pat in self.exclude)
+
+    def select(self, layers: Iterable["LayerLike"]) -> list["LayerLike"]:
+        """The layers (objects with `.name` and `.role`) this selector chooses, in order."""
+        return [layer for layer in layers if self.matches(layer.name, layer.role)]
+
+
+class LayerLike:  # pragma: no cover - typing helper only
+    name: str
+    role: LayerRole
+
+
+def matching_names(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """Names matched by any of the glob patterns, in order."""
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]

@@ -81,3 +81,11 @@ class StageError(UnicompressError):
 
 class ImportOrderError(UnicompressError, RuntimeError):
     """Frameworks were imported in an order that would crash the process (e.g. TensorFlow before Paddle)."""
+
+
+class MissingDataError(UnicompressError, ValueError):
+    """A stage needs data (calibration or training batches) that was not given. Raised before any work."""
+
+
+class LayerSelectionError(UnicompressError, ValueError):
+    """A spec's selector matches no layer of the model. Raised before the model is touched."""

@@ -1,0 +1,282 @@
+"""The zoo models (unicompress.zoo) built from paddle.nn layers, with the neutral HF-style names.
+
+Sublayer names equal the neutral names (``bert.encoder.layer.0.attention.self.query``), so a state_dict
+key is the neutral weight name. Paddle's Linear stores its weight [in, out]; the neutral layout is
+[out, in], so weights are transposed on the way in and out (`load_neutral_weights`, `neutral_weights`).
+Semantics follow unicompress/zoo/bert.py and vit.py exactly: post-LN BERT with erf GELU, additive
+attention mask, tanh pooler; pre-LN ViT whose 7x7 patches are flattened row-major and projected.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from .compat import paddle
+
+nn = paddle.nn
+F = paddle.nn.functional
+
+MASK_VALUE = -1e9  # additive mask of padded keys (zoo/bert.py)
+
+
+class SelfAttention(nn.Layer):
+    """Q, K, V projections and scaled dot-product attention over `num_heads` heads of `head_dim`.
+
+    `num_heads` may shrink after head pruning (the projections then hold fewer rows); with zero
+    heads left the block contributes only the output projection's bias.
+    """
+
+    def __init__(self, hidden: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        width = num_heads * head_dim
+        self.query = nn.Linear(hidden, width)
+        self.key = nn.Linear(hidden, width)
+        self.value = nn.Linear(hidden, width)
+        self.record = False  # relation distillation reads the last probabilities and values
+        self.last_probs = self.last_values = self.last_queries = self.last_keys = None
+
+    def _heads(self, x):
+        return paddle.reshape(x, [0, 0, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
+
+    def forward(self, x, mask_add=None):
+        if self.num_heads == 0:
+            return paddle.zeros_like(x)[:, :, :0]
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.head_dim)
+        if mask_add is not None:
+            scores = scores + mask_add
+        probs = F.softmax(scores, axis=-1)
+        if self.record:
+            self.last_probs, self.last_values, self.last_queries, self.last_keys = probs, v, q, k
+        ctx = paddle.matmul(probs, v).transpose([0, 2, 1, 3])
+        return paddle.reshape(ctx, [0, 0, self.num_heads * self.head_dim])
+
+
+class _Dense(nn.Layer):
+    """A Linear (`dense`), optionally followed by residual + LayerNorm (BERT's *Output blocks)."""
+
+    def __init__(self, n_in: int, n_out: int, eps: Optional[float] = None):
+        super().__init__()
+        self.dense = nn.Linear(n_in, n_out)
+        if eps is not None:
+            self.LayerNorm = nn.LayerNorm(n_out, epsilon=eps)
+
+    def forward(self, x, residual=None):
+        y = self.dense(x)
+        if residual is not None:
+            y = self.LayerNorm(y + residual)
+        return y
+
+
+class _Attention(nn.Layer):
+    def __init__(self, hidden: int, heads: int, head_dim: int, eps: Optional[float]):
+        super().__init__()
+        self.add_sublayer("self", SelfAttention(hidden, heads, head_dim))
+        self.output = _Dense(heads * head_dim, hidden, eps)
+
+
+class BertLayer(nn.Layer):
+    """One post-LN encoder block: x = LN(x + Attn(x)); x = LN(x + W2 gelu(W1 x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        eps = cfg.layer_norm_eps
+        self.attention = _Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, eps)
+        self.intermediate = _Dense(cfg.hidden_size, cfg.intermediate_size)
+        self.output = _Dense(cfg.intermediate_size, cfg.hidden_size, eps)
+
+    def forward(self, x, mask_add):
+        att = self.attention
+        a = getattr(att, "self")(x, mask_add)
+        x = att.output(a, residual=x)
+        h = F.gelu(self.intermediate(x), approximate=False)
+        return self.output(h, residual=x)
+
+
+class BertEmbeddings(nn.Layer):
+    def __init__(self, cfg):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps)
+
+    def forward(self, input_ids, token_type_ids=None):
+        # paddle.shape keeps the sequence length dynamic under paddle.jit (ONNX export)
+        pos = paddle.arange(0, paddle.shape(input_ids)[1], dtype="int64")
+        x = self.word_embeddings(input_ids) + self.position_embeddings(pos).unsqueeze(0)
+        if token_type_ids is None:
+            token_type_ids = paddle.zeros_like(input_ids)
+        x = x + self.token_type_embeddings(token_type_ids)
+        return self.LayerNorm(x)
+
+
+class _Encoder(nn.Layer):
+    def __init__(self, layers):
+        super().__init__()
+        self.layer = nn.LayerList(layers)
+
+
+class _Pooler(nn.Layer):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+
+
+class _Bert(nn.Layer):
+    def __init__(self, cfg):
+        super().__init__()
+        self.embeddings = BertEmbeddings(cfg)
+        self.encoder = _Encoder([BertLayer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.pooler = _Pooler(cfg.hidden_size)
+
+
+class BertForSequenceClassification(nn.Layer):
+    """BERT encoder + tanh pooler + classifier; forward(input_ids, attention_mask, token_type_ids) -> logits."""
+
+    input_names = ("input_ids", "attention_mask")
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.zoo_family = "bert"
+        self.bert = _Bert(cfg)
+        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+
+    def features(self, input_ids, attention_mask=None, token_type_ids=None) -> dict:
+        """Logits plus the hidden state after the embeddings and after every block."""
+        if attention_mask is None:
+            attention_mask = paddle.ones_like(input_ids)
+        mask_add = ((1.0 - attention_mask.astype("float32")) * MASK_VALUE).unsqueeze([1, 2])
+        x = self.bert.embeddings(input_ids, token_type_ids)
+        hidden = [x]
+        for block in self.bert.encoder.layer:
+            x = block(x, mask_add)
+            hidden.append(x)
+        pooled = paddle.tanh(self.bert.pooler.dense(x[:, 0]))
+        return {"logits": self.classifier(pooled), "hidden_states": hidden}
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        return self.features(input_ids, attention_mask, token_type_ids)["logits"]
+
+
+class ViTLayer(nn.Layer):
+    """One pre-LN block: x = x + Attn(LN1 x) Wo^T; x = x + W2 gelu(W1 LN2 x)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        h = cfg.hidden_size
+        self.layernorm_before = nn.LayerNorm(h, epsilon=cfg.layer_norm_eps)
+        self.attention = _Attention(h, cfg.num_attention_heads, cfg.head_dim, None)
+        self.layernorm_after = nn.LayerNorm(h, epsilon=cfg.layer_norm_eps)
+        self.intermediate = _Dense(h, cfg.intermediate_size)
+        self.output = _Dense(cfg.intermediate_size, h)
+
+    def forward(self, x, mask_add=None):
+        att = self.attention
+        x = x + att.output(getattr(att, "self")(self.layernorm_before(x)))
+        return x + self.output(F.gelu(self.intermediate(self.layernorm_after(x)), approximate=False))
+
+
+class ViTEmbeddings(nn.Layer):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.hidden_size
+        self.patch_embeddings = nn.Linear(cfg.patch_size ** 2, h)
+        self.cls_token = self.create_parameter([1, 1, h], default_initializer=nn.initializer.Constant(0.0))
+        self.position_embeddings = self.create_parameter([1, cfg.num_patches + 1, h],
+                                                         default_initializer=nn.initializer.Constant(0.0))
+
+    def forward(self, pixel_values):
+        p, n = self.cfg.patch_size, self.cfg.image_size // self.cfg.patch_size
+        x = paddle.reshape(pixel_values, [-1, n, p, n, p]).transpose([0, 1, 3, 2, 4])
+        x = self.patch_embeddings(paddle.reshape(x, [-1, n * n, p * p]))
+        cls = self.cls_token + paddle.zeros_like(x[:, :1, :])  # broadcast to the (dynamic) batch
+        return paddle.concat([cls, x], axis=1) + self.position_embeddings
+
+
+class _ViT(nn.Layer):
+    def __init__(self, cfg):
+        super().__init__()
+        self.embeddings = ViTEmbeddings(cfg)
+        self.encoder = _Encoder([ViTLayer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps)
+
+
+class ViTForImageClassification(nn.Layer):
+    """The zoo ViT: forward(pixel_values [B, 28, 28]) -> logits."""
+
+    input_names = ("pixel_values",)
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.zoo_family = "vit"
+        self.vit = _ViT(cfg)
+        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+
+    def features(self, pixel_values) -> dict:
+        x = self.vit.embeddings(pixel_values)
+        hidden = [x]
+        for block in self.vit.encoder.layer:
+            x = block(x)
+            hidden.append(x)
+        return {"logits": self.classifier(self.vit.layernorm(x)[:, 0]), "hidden_states": hidden}
+
+    def forward(self, pixel_values):
+        return self.features(pixel_values)["logits"]
+
+
+def encoder_blocks(model: Any) -> Any:
+    """The LayerList of Transformer blocks of a zoo model."""
+    return (model.bert if model.zoo_family == "bert" else model.vit).encoder.layer
+
+
+def _linear_sublayers(model: Any) -> dict[str, Any]:
+    return {name: layer for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
+
+
+def load_neutral_weights(model: Any, weights: dict[str, np.ndarray], strict: bool = True) -> None:
+    """Copy neutral numpy weights (HF names, Linear [out, in]) into the model's parameters."""
+    params = dict(model.named_parameters())
+    linears = {f"{n}.weight" for n in _linear_sublayers(model)}
+    missing = set(params) - set(weights)
+    unknown = set(weights) - set(params)
+    if strict and (missing or unknown):
+        raise KeyError(f"weights do not fit the model: missing {sorted(missing)[:5]}, unknown {sorted(unknown)[:5]}")
+    for name, value in weights.items():
+        if name not in params:
+            continue
+        arr = np.asarray(value, dtype=np.float32)
+        if name in linears:
+            arr = arr.T
+        if tuple(params[name].shape) != arr.shape:
+            raise ValueError(f"{name}: model shape {tuple(params[name].shape)} != given {arr.shape}")
+        params[name].set_value(np.ascontiguousarray(arr))
+
+
+def neutral_weights(model: Any) -> dict[str, np.ndarray]:
+    """Every parameter as numpy float32 under its neutral name (Linear weights [out, in])."""
+    linears = {f"{n}.weight" for n in _linear_sublayers(model)}
+    return {name: (p.numpy().T.copy() if name in linears else p.numpy().copy())
+            for name, p in model.named_parameters()}
+
+
+def build_model(zoo: str, seed: int = 0, num_labels: Optional[int] = None,
+                weights: Optional[dict[str, np.ndarray]] = None) -> Any:
+    """A zoo model ("tiny-bert", "tiny-vit", "minilm-l6") as a paddle.nn.Layer with the neutral weights.
+
+    Example: ``build_model("tiny-bert")(paddle.to_tensor(ids), paddle.to_tensor(mask))`` -> logits [B, 3].
+    """
+    from unicompress import zoo as uzoo
+
+    cfg = uzoo.config_for(zoo, num_labels)
+    model = ViTForImageClassification(cfg) if zoo == "tiny-vit" else BertForSequenceClassification(cfg)
+    model.zoo_name = zoo
+    load_neutral_weights(model, weights if weights is not None else uzoo.weights_for(zoo, cfg, seed))
+    model.eval()
+    return model

@@ -1,0 +1,271 @@
+"""The zoo models (unicompress.zoo) built from tf_keras layers, as functional models.
+
+Why functional and why Dense for Q/K/V/O: TFMOT's `prune_low_magnitude` and `quantize_model` clone
+functional/Sequential models layer by layer, so every weight-carrying projection is a top-level
+`Dense` named with the neutral Hugging Face module name ("bert.encoder.layer.0.attention.self.query").
+The weight-free pieces (position ids, additive mask, scaled dot-product attention) are small custom
+layers so the graph holds no anonymous TFOpLambda layers that TFMOT would refuse.
+"""
+from __future__ import annotations
+
+from . import ensure_legacy_keras
+
+ensure_legacy_keras()
+
+import math  # noqa: E402
+from typing import Any, Optional  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+from unicompress import zoo  # noqa: E402
+from unicompress.zoo import bert as zbert  # noqa: E402
+from unicompress.zoo import vit as zvit  # noqa: E402
+
+_PKG = "unicompress"
+
+
+@keras.utils.register_keras_serializable(_PKG)
+class PositionIds(keras.layers.Layer):
+    """[B, L] token ids -> [1, L] positions 0..L-1 (int32)."""
+
+    def call(self, input_ids):
+        return tf.range(tf.shape(input_ids)[1])[tf.newaxis, :]
+
+
+@keras.utils.register_keras_serializable(_PKG)
+class ZeroTokenTypes(keras.layers.Layer):
+    """[B, L] token ids -> [B, L] zeros: every token is of type 0 (the zoo's semantics)."""
+
+    def call(self, input_ids):
+        return tf.zeros_like(input_ids, dtype=tf.int32)
+
+
+@keras.utils.register_keras_serializable(_PKG)
+class AdditiveMask(keras.layers.Layer):
+    """[B, L] 0/1 attention mask -> [B, 1, 1, L] additive bias (0 kept, -1e9 padded)."""
+
+    def call(self, mask):
+        mask = tf.cast(mask, self.compute_dtype)
+        return ((1.0 - mask) * -1e9)[:, tf.newaxis, tf.newaxis, :]
+
+
+@keras.utils.register_keras_serializable(_PKG)
+class ScaledDotProductAttention(keras.layers.Layer):
+    """softmax(q k^T / sqrt(d) + bias) v per head; inputs [q, k, v] or [q, k, v, bias], all [B, L, heads*d].
+
+    `num_heads` is a config field so head pruning can rebuild the layer with fewer heads.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.head_dim = int(head_dim)
+
+    def _split(self, x):
+        b, n = tf.shape(x)[0], tf.shape(x)[1]
+        return tf.transpose(tf.reshape(x, [b, n, self.num_heads, self.head_dim]), [0, 2, 1, 3])
+
+    def scores(self, q, k, bias=None):
+        """Attention probabilities [B, heads, L, L] (used by relation distillation)."""
+        s = tf.matmul(self._split(q), self._split(k), transpose_b=True) / math.sqrt(self.head_dim)
+        if bias is not None:
+            s = s + bias
+        return tf.nn.softmax(s, axis=-1)
+
+    def call(self, inputs):
+        q, k, v = inputs[:3]
+        bias = inputs[3] if len(inputs) > 3 else None
+        p = self.scores(q, k, bias)
+        ctx = tf.matmul(p, self._split(v))
+        b, n = tf.shape(q)[0], tf.shape(q)[1]
+        return tf.reshape(tf.transpose(ctx, [0, 2, 1, 3]), [b, n, self.num_heads * self.head_dim])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_heads": self.num_heads, "head_dim": self.head_dim}
+
+
+@keras.utils.register_keras_serializable(_PKG)
+class FirstToken(keras.layers.Layer):
+    """[B, L, H] -> [B, H]: the first ([CLS]) position."""
+
+    def call(self, x):
+        return x[:, 0]
+
+
+@keras.utils.register_keras_serializable(_PKG)
+class Patchify(keras.layers.Layer):
+    """[B, S, S] image -> [B, (S/p)^2, p*p] row-major patches, each flattened row-major."""
+
+    def __init__(self, patch_size: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.patch_size = int(patch_size)
+
+    def call(self, x):
+        p = self.patch_size
+        s = x.shape[1]
+        n = s // p
+        x = tf.reshape(x, [-1, n, p, n, p])
+        x = tf.transpose(x, [0, 1, 3, 2, 4])
+        return tf.reshape(x, [-1, n * n, p * p])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "patch_size": self.patch_size}
+
+
+@keras.utils.register_keras_serializable(_PKG)
+class ClsAndPositions(keras.layers.Layer):
+    """ViT embeddings: prepend the learned [CLS] vector, add learned position embeddings."""
+
+    def __init__(self, num_positions: int, hidden_size: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.num_positions = int(num_positions)
+        self.hidden_size = int(hidden_size)
+
+    def build(self, input_shape):
+        self.cls_token = self.add_weight("cls_token", (1, 1, self.hidden_size), initializer="zeros")
+        self.position_embeddings = self.add_weight("position_embeddings", (1, self.num_positions, self.hidden_size),
+                                                   initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, x):
+        cls = tf.tile(self.cls_token, [tf.shape(x)[0], 1, 1])
+        return tf.concat([cls, x], axis=1) + self.position_embeddings
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_positions": self.num_positions, "hidden_size": self.hidden_size}
+
+
+def custom_objects() -> dict[str, type]:
+    """The custom layers of the zoo models (for clone/from_config outside the registered scope)."""
+    return {c.__name__: c for c in (PositionIds, ZeroTokenTypes, AdditiveMask, ScaledDotProductAttention,
+                                    FirstToken, Patchify, ClsAndPositions, FactorizedDense)}
+
+
+def _gelu(name: str) -> keras.layers.Layer:
+    # gelu with approximate=False is the erf form the zoo specifies.
+    return keras.layers.Activation(keras.activations.gelu, name=name)
+
+
+def _dense(units: int, name: str, activation: Optional[str] = None) -> keras.layers.Dense:
+    return keras.layers.Dense(units, activation=activation, name=name)
+
+
+def build_bert(cfg: zbert.BertConfig) -> keras.Model:
+    """A functional BERT encoder + pooler + classifier following unicompress/zoo/bert.py."""
+    h, heads, eps = cfg.hidden_size, cfg.num_attention_heads, cfg.layer_norm_eps
+    ids = keras.Input((None,), dtype=tf.int64, name="input_ids")
+    mask = keras.Input((None,), dtype=tf.int64, name="attention_mask")
+    e = "bert.embeddings"
+    word = keras.layers.Embedding(cfg.vocab_size, h, name=f"{e}.word_embeddings")(ids)
+    pos = keras.layers.Embedding(cfg.max_position_embeddings, h, name=f"{e}.position_embeddings")(
+        PositionIds(name=f"{e}.position_ids")(ids))
+    typ = keras.layers.Embedding(cfg.type_vocab_size, h, name=f"{e}.token_type_embeddings")(
+        ZeroTokenTypes(name=f"{e}.token_type_ids")(ids))
+    x = keras.layers.Add(name=f"{e}.sum")([word, pos, typ])
+    x = keras.layers.LayerNormalization(epsilon=eps, name=f"{e}.LayerNorm")(x)
+    bias = AdditiveMask(name="bert.extended_attention_mask")(mask)
+    for i in range(cfg.num_hidden_layers):
+        p = zbert.layer_prefix(i)
+        q = _dense(h, f"{p}.attention.self.query")(x)
+        k = _dense(h, f"{p}.attention.self.key")(x)
+        v = _dense(h, f"{p}.attention.self.value")(x)
+        a = ScaledDotProductAttention(heads, cfg.head_dim, name=f"{p}.attention.self")([q, k, v, bias])
+        a = _dense(h, f"{p}.attention.output.dense")(a)
+        x = keras.layers.Add(name=f"{p}.attention.output.residual")([a, x])
+        x = keras.layers.LayerNormalization(epsilon=eps, name=f"{p}.attention.output.LayerNorm")(x)
+        f = _dense(cfg.intermediate_size, f"{p}.intermediate.dense")(x)
+        f = _gelu(f"{p}.intermediate.intermediate_act_fn")(f)
+        f = _dense(h, f"{p}.output.dense")(f)
+        x = keras.layers.Add(name=f"{p}.output.residual")([f, x])
+        x = keras.layers.LayerNormalization(epsilon=eps, name=f"{p}.output.LayerNorm")(x)
+    pooled = _dense(h, "bert.pooler.dense", activation="tanh")(FirstToken(name="bert.pooler.first_token")(x))
+    logits = _dense(cfg.num_labels, "classifier")(pooled)
+    return keras.Model({"input_ids": ids, "attention_mask": mask}, logits, name="bert")
+
+
+def build_vit(cfg: zvit.ViTConfig) -> keras.Model:
+    """A functional pre-LN ViT following unicompress/zoo/vit.py (patches projected by a Dense)."""
+    h, heads, eps = cfg.hidden_size, cfg.num_attention_heads, cfg.layer_norm_eps
+    pix = keras.Input((cfg.image_size, cfg.image_size), dtype=tf.float32, name="pixel_values")
+    x = Patchify(cfg.patch_size, name="vit.embeddings.patchify")(pix)
+    x = _dense(h, "vit.embeddings.patch_embeddings")(x)
+    x = ClsAndPositions(cfg.num_patches + 1, h, name="vit.embeddings")(x)
+    for i in range(cfg.num_hidden_layers):
+        p = f"vit.encoder.layer.{i}"
+        y = keras.layers.LayerNormalization(epsilon=eps, name=f"{p}.layernorm_before")(x)
+        q = _dense(h, f"{p}.attention.self.query")(y)
+        k = _dense(h, f"{p}.attention.self.key")(y)
+        v = _dense(h, f"{p}.attention.self.value")(y)
+        a = ScaledDotProductAttention(heads, cfg.head_dim, name=f"{p}.attention.self")([q, k, v])
+        a = _dense(h, f"{p}.attention.output.dense")(a)
+        x = keras.layers.Add(name=f"{p}.attention.residual")([x, a])
+        y = keras.layers.LayerNormalization(epsilon=eps, name=f"{p}.layernorm_after")(x)
+        f = _dense(cfg.intermediate_size, f"{p}.intermediate.dense")(y)
+        f = _gelu(f"{p}.intermediate.intermediate_act_fn")(f)
+        f = _dense(h, f"{p}.output.dense")(f)
+        x = keras.layers.Add(name=f"{p}.output.residual")([x, f])
+    x = keras.layers.LayerNormalization(epsilon=eps, name="vit.layernorm")(x)
+    logits = _dense(cfg.num_labels, "classifier")(FirstToken(name="vit.first_token")(x))
+    return keras.Model({"pixel_values": pix}, logits, name="vit")
+
+
+def load_neutral(model: keras.Model, weights: dict[str, np.ndarray]) -> None:
+    """Copy neutral (HF-named, [out, in]) arrays into the layers of a zoo model; every array must land."""
+    used: set[str] = set()
+    for layer in model.layers:
+        name = layer.name
+        if isinstance(layer, keras.layers.Dense):
+            layer.set_weights([weights[f"{name}.weight"].T, weights[f"{name}.bias"]])
+            used |= {f"{name}.weight", f"{name}.bias"}
+        elif isinstance(layer, keras.layers.LayerNormalization):
+            layer.set_weights([weights[f"{name}.weight"], weights[f"{name}.bias"]])
+            used |= {f"{name}.weight", f"{name}.bias"}
+        elif isinstance(layer, keras.layers.Embedding):
+            layer.set_weights([weights[f"{name}.weight"]])
+            used.add(f"{name}.weight")
+        elif isinstance(layer, ClsAndPositions):
+            layer.set_weights([weights[f"{name}.cls_token"], weights[f"{name}.position_embeddings"]])
+            used |= {f"{name}.cls_token", f"{name}.position_embeddings"}
+    missing = set(weights) - used
+    if missing:
+        raise KeyError(f"weights not used by the model: {sorted(missing)[:5]}")
+
+
+def build_model(zoo_name: str, seed: int = 0, num_labels: Optional[int] = None,
+                weights: Optional[dict[str, np.ndarray]] = None) -> keras.Model:
+    """Build a zoo model ("tiny-bert", "tiny-vit", "minilm-l6") with the neutral weights loaded.
+
+    Example: ``build_model("tiny-bert")`` gives the same logits as every other backend's tiny-bert.
+    """
+    cfg = zoo.config_for(zoo_name, num_labels)
+    model = build_vit(cfg) if zoo_name == "tiny-vit" else build_bert(cfg)
+    load_neutral(model, weights if weights is not None else zoo.weights_for(zoo_name, cfg, seed))
+    return model
+
+
+@keras.utils.register_keras_serializable(_PKG)
+class FactorizedDense(keras.layers.Layer):
+    """A Dense replaced by its low-rank factors: Dense(in -> rank, no bias) then Dense(rank -> out, bias).
+
+    The sub-layers are named "<name>.0" and "<name>.1" (first [rank, in], second [out, rank]).
+    """
+
+    def __init__(self, units: int, rank: int, activation: Optional[str] = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.units, self.rank = int(units), int(rank)
+        self.activation = keras.activations.get(activation)
+        self.first = keras.layers.Dense(self.rank, use_bias=False, name=f"{self.name}.0")
+        self.second = keras.layers.Dense(self.units, name=f"{self.name}.1")
+
+    def build(self, input_shape):
+        self.first.build(input_shape)
+        self.second.build(tuple(input_shape[:-1]) + (self.rank,))
+        super().build(input_shape)
+
+    def call(self, x):
+        return self.activation(self.second(self.first(x)))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units, "rank": self.rank,
+                "activation": keras.activations.serialize(self.activation)}

@@ -1,0 +1,114 @@
+"""TorchAdapter: the `torch` backend. Imports no framework at module level.
+
+Every method imports its framework module (layers, pruning, ...) on first use, so
+`unicompress backends` can list this backend's capabilities on a machine without torch.
+"""
+from __future__ import annotations
+
+import copy as _copy
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from unicompress.backend.adapter import Adapter, StageContext
+from unicompress.backend.capabilities import Capabilities
+from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TaskData, TransformerStructure
+from unicompress.specs import DistillationSpec, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec
+
+from .capabilities import torch_capabilities
+
+
+def _lazy(module: str, function: str) -> Callable[..., Any]:
+    """A handler that imports `unicompress_torch.<module>` only when it is called."""
+    def handler(model: Any, spec: Any, data: Optional[TaskData], ctx: StageContext) -> Any:
+        return getattr(importlib.import_module(f"unicompress_torch.{module}"), function)(model, spec, data, ctx)
+    handler.__name__ = f"{module}.{function}"
+    return handler
+
+
+class TorchAdapter(Adapter):
+    """PyTorch backend: torch.nn.utils.prune, torchao, torch.onnx, HF transformers models.
+
+    Example: ``get_backend("torch").apply(model, PruningSpec(sparsity=0.5))``.
+    """
+
+    name = "torch"
+    requirements = ("torch==2.13.0", "torchao==0.18.0")
+    framework_modules = ("torch", "transformers")
+
+    def _mod(self, name: str) -> Any:
+        self.require("torch")
+        return importlib.import_module(f"unicompress_torch.{name}")
+
+    # ---- pure data ----------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        return torch_capabilities()
+
+    # ---- plumbing ------------------------------------------------------------------------------
+    def copy(self, model: Any) -> Any:
+        return _copy.deepcopy(model)
+
+    def layers(self, model: Any) -> list[LayerInfo]:
+        return [r.info() for r in self._mod("layers").discover(model)]
+
+    def structure(self, model: Any) -> Optional[TransformerStructure]:
+        return self._mod("layers").structure(model)
+
+    def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        return self._mod("layers").weights(model, names)
+
+    def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
+        self._mod("layers").set_weights(model, weights)
+
+    def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
+        return self._mod("quantization").quantized_weights(model)
+
+    def run(self, model: Any, inputs: Inputs) -> np.ndarray:
+        torch, = self.require("torch")
+        training = self._mod("training")
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = training.forward_logits(model, training.to_torch_inputs(inputs))
+        finally:
+            model.train(was_training)
+        return logits.detach().float().cpu().numpy().astype(np.float32)
+
+    def describe(self, model: Any) -> list[LayerStats]:
+        quant = self._quantization()
+        if quant is not None and hasattr(quant, "describe") and quant.is_quantized(model):
+            return quant.describe(model)
+        return self._mod("layers").describe(model)
+
+    def _quantization(self) -> Any:
+        try:
+            return self._mod("quantization")
+        except ImportError:
+            return None
+
+    # ---- compression ---------------------------------------------------------------------------
+    def handlers(self) -> dict[type, Callable[..., Any]]:
+        return {
+            PruningSpec: _lazy("pruning", "apply_pruning"),
+            LowRankSpec: _lazy("lowrank", "apply_low_rank"),
+            FineTuneSpec: _lazy("training", "apply_finetune"),
+            QuantizationSpec: _lazy("quantization", "apply_quantization"),
+            DistillationSpec: _lazy("distillation", "apply_distillation"),
+        }
+
+    # ---- export ---------------------------------------------------------------------------------
+    def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
+        quant = self._quantization()
+        if quant is not None and quant.is_quantized(model):
+            return quant.export_onnx(model, path, example, opset)
+        return self._mod("export").export_onnx(model, path, example, opset)
+
+    def export_native(self, model: Any, directory: Path) -> Path:
+        return self._mod("export").export_native(model, directory)
+
+    # ---- zoo -------------------------------------------------------------------------------------
+    def build_model(self, zoo: str, **kwargs: Any) -> Any:
+        return self._mod("models").build_model(zoo, **kwargs)

@@ -1,0 +1,215 @@
+"""The torch train loop every training stage shares (fine-tuning, gradual pruning, QAT, distillation).
+
+Public pieces other modules build on (keep their signatures stable):
+  - `to_torch_inputs(inputs)`: numpy batch -> dict of tensors
+  - `forward_logits(model, inputs)`: logits of HF models, plain modules returning a tensor or a tuple
+  - `train_loop(model, data, training, ctx, loss_fn=None, on_step=None, extra_params=None)`
+  - `apply_finetune(model, spec, data, ctx)`: the FineTuneSpec handler
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from unicompress.backend.adapter import StageContext
+from unicompress.backend.types import Inputs, TaskData
+from unicompress.specs import FineTuneSpec, Optimizer, TrainingSpec
+
+#: key used when a batch is a bare array rather than named arrays
+TENSOR_KEY = "input"
+
+LossFn = Callable[[nn.Module, dict, torch.Tensor], torch.Tensor]
+
+
+def to_torch_inputs(inputs: Inputs) -> dict[str, torch.Tensor]:
+    """Numpy inputs (an array or named arrays) as a dict of tensors: integers int64, floats float32.
+
+    Example: ``to_torch_inputs({"input_ids": ids, "attention_mask": mask})["input_ids"].dtype`` is int64.
+    """
+    if not isinstance(inputs, dict):
+        inputs = {TENSOR_KEY: inputs}
+    out = {}
+    for name, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            out[name] = value
+            continue
+        arr = np.asarray(value)
+        if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+            out[name] = torch.from_numpy(np.ascontiguousarray(arr.astype(np.int64)))
+        else:
+            out[name] = torch.from_numpy(np.ascontiguousarray(arr.astype(np.float32)))
+    return out
+
+
+def _accepts(model: nn.Module, names: Sequence[str]) -> bool:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True
+    return all(n in params for n in names)
+
+
+def call_model(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
+    """Call a module with named inputs: as keywords when its forward takes them, else positionally."""
+    if TENSOR_KEY in inputs and len(inputs) == 1:
+        return model(inputs[TENSOR_KEY])
+    if _accepts(model, list(inputs)):
+        return model(**inputs)
+    if len(inputs) == 1:
+        return model(next(iter(inputs.values())))
+    return model(*inputs.values())
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits in a model output: `.logits`, a ``"logits"`` key, the first tuple item, or the tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, dict):
+        return output["logits"] if "logits" in output else next(iter(output.values()))
+    if isinstance(output, (tuple, list)):
+        return logits_of(output[0])
+    raise TypeError(f"cannot find logits in a {type(output).__name__} model output")
+
+
+def forward_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Run `model` on named tensors and return its logits.
+
+    Example: ``forward_logits(bert, to_torch_inputs(batch)).shape == (B, num_labels)``.
+    """
+    return logits_of(call_model(model, inputs))
+
+
+def cross_entropy_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The default task loss: cross-entropy of the logits against int64 labels."""
+    return F.cross_entropy(forward_logits(model, inputs), labels)
+
+
+def batches_forever(data: TaskData) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """(inputs, labels) tensors from `data.train()`, restarting it when it runs out."""
+    if data is None or data.train is None:
+        raise ValueError("this stage trains the model: pass TaskData with a `train` source")
+    while True:
+        seen = False
+        for x, y in data.train():
+            seen = True
+            yield to_torch_inputs(x), torch.as_tensor(np.asarray(y, dtype=np.int64))
+        if not seen:
+            raise ValueError("TaskData.train() yielded no batches")
+
+
+def _lr_factor(step: int, warmup: int) -> float:
+    # linear warmup to the peak, then constant: short compression stages should not decay to zero
+    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def make_optimizer(params: Iterable[torch.Tensor], training: TrainingSpec) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum 0.9) as the spec says."""
+    params = list(params)
+    if training.optimizer is Optimizer.sgd:
+        return torch.optim.SGD(params, lr=training.learning_rate, momentum=0.9,
+                               weight_decay=training.weight_decay)
+    return torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
+
+
+def _zero_masks(model: nn.Module) -> list[nn.Module]:
+    """Attach torch.nn.utils.prune masks to weights with permanent zeros so training keeps them zero.
+
+    Returns the modules masked here (the caller makes the masks permanent again at the end).
+    Modules already under a pruning hook keep their own mask.
+    """
+    masked = []
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or weight.dim() < 2 or hasattr(module, "weight_mask"):
+            continue
+        zeros = weight.detach() == 0
+        if bool(zeros.any()):
+            prune.custom_from_mask(module, "weight", mask=~zeros)
+            masked.append(module)
+    return masked
+
+
+def train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: Optional[StageContext] = None,
+               loss_fn: Optional[LossFn] = None, on_step: Optional[Callable[[int], Any]] = None,
+               extra_params: Optional[Sequence[torch.Tensor]] = None,
+               after_backward: Optional[Callable[[int], Any]] = None, keep_zeros: bool = True) -> nn.Module:
+    """Train `model` in place for `training.steps` optimizer steps and return it (in eval mode).
+
+    - `loss_fn(model, inputs, labels) -> scalar tensor` (default: cross-entropy on the logits).
+    - `on_step(step)` runs before the forward pass of every step (0-based) and once more with
+      ``step == training.steps`` after the last one: the place for mask updates and schedules.
+    - `after_backward(step)` runs after the backward pass, before the optimizer step (e.g. movement scores).
+    - `extra_params` are trained too (e.g. distillation projections, L0 gates).
+    - Weights that are exactly zero (pruned earlier) stay zero: they get a torch prune mask for the
+      duration (`keep_zeros`); weights under an existing prune mask keep theirs.
+    Logs ``ctx.log("loss", step, value)`` every `training.log_every` steps (default every step).
+
+    Example: ``train_loop(model, data, TrainingSpec(steps=10, learning_rate=1e-3), ctx)``.
+    """
+    ctx = ctx or StageContext()
+    loss_fn = loss_fn or cross_entropy_loss
+    torch.manual_seed(training.seed)
+    masked = _zero_masks(model) if keep_zeros else []
+    params = [p for p in model.parameters() if p.requires_grad]
+    ids = {id(p) for p in params}
+    params += [p for p in (extra_params or []) if id(p) not in ids]
+    optimizer = make_optimizer(params, training)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, training.warmup_steps))
+    every = training.log_every or 1
+    batches = batches_forever(data)
+    model.train()
+    try:
+        with ctx.bar("train", training.steps) as bar:
+            for step, (inputs, labels) in zip(range(training.steps), batches):
+                if on_step is not None:
+                    on_step(step)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model, inputs, labels)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss.item()} at step {step}; "
+                                             "lower training.learning_rate")
+                loss.backward()
+                if after_backward is not None:
+                    after_backward(step)
+                optimizer.step()
+                schedule.step()
+                if step % every == 0 or step == training.steps - 1:
+                    ctx.log("loss", step, float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            if on_step is not None:
+                on_step(training.steps)
+    finally:
+        model.eval()
+        for module in masked:
+            if hasattr(module, "weight_mask"):
+                prune.remove(module, "weight")
+    return model
+
+
+def apply_finetune(model: nn.Module, spec: FineTuneSpec, data: Optional[TaskData],
+                   ctx: StageContext) -> nn.Module:
+    """FineTuneSpec handler: task training; pruned weights stay zero."""
+    if spec.training.distributed.value != "none":
+        raise NotImplementedError("training.distributed 'data_parallel' is not supported by the torch adapter yet")
+    return train_loop(model, data, spec.training, ctx)
+
+
+def first_batch(data: TaskData) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The first (inputs, labels) batch of the training data, as tensors."""
+    return next(batches_forever(data))
+
+
+__all__ = ["to_torch_inputs", "forward_logits", "call_model", "logits_of", "cross_entropy_loss", "train_loop",
+           "make_optimizer", "apply_finetune", "batches_forever", "first_batch", "TENSOR_KEY"]

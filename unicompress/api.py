@@ -1,0 +1,225 @@
+"""The public API: compress() runs a recipe; prune/quantize/distill/factorize run one technique.
+
+Flow (DESIGN.md): recipe -> adapter (explicit or from the model type) -> capability, data and
+layer checks (refuse before touching anything) -> model copy -> stages in order (native calls,
+then `describe`) -> export (atomic) -> evaluation -> report.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from .backend.adapter import Adapter, StageContext
+from .backend.registry import resolve_backend
+from .backend.types import Inputs, TaskData
+from .errors import (CapabilityError, LayerSelectionError, MissingDataError, ModelNotSupportedError, Problem,
+                     StageError, UnicompressError)
+from .recipe_io import load_recipe
+from .report import CompressionReport, StageReport
+from .specs import (DistillationSpec, ExportFormat, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec,
+                    QuantMode, Recipe)
+from .specs.base import SpecModel
+
+RecipeLike = Union[Recipe, SpecModel, Sequence[SpecModel], dict, str, Path]
+Evaluate = Callable[[Any], Union[float, dict]]
+
+
+@dataclass
+class CompressionResult:
+    """The compressed model, its report, and where exports were written."""
+
+    model: Any
+    report: CompressionReport
+    backend: str
+    exports: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def history(self) -> dict[int, dict[str, list[tuple[int, float]]]]:
+        """Training curves logged by each stage, keyed by stage index."""
+        return {s.index: s.history for s in self.report.stages}
+
+
+def as_recipe(recipe: RecipeLike) -> Recipe:
+    """Accept a Recipe, one spec, a list of specs, a dict, a path or YAML text."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, SpecModel) and hasattr(recipe, "technique"):
+        return Recipe(name=recipe.technique, stages=[recipe])
+    if isinstance(recipe, (list, tuple)):
+        return Recipe(name="+".join(s.technique for s in recipe), stages=list(recipe))
+    return load_recipe(recipe)
+
+
+def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[TaskData]) -> None:
+    """Everything that can be refused before the model is touched: capabilities, data, layer selection."""
+    caps = adapter.capabilities()
+    problems: list[Problem] = []
+    for i, stage in enumerate(recipe.stages):
+        problems += [Problem(f"stages[{i}].{p.path.split('.', 1)[1] if '.' in p.path else p.path}", p.value,
+                             p.allowed) for p in caps.problems(stage)]
+    if problems:
+        raise CapabilityError(adapter.name, problems, caps.to_text())
+    missing = [f"stages[{i}] ({stage.technique}) needs {need}"
+               for i, stage in enumerate(recipe.stages) for need in [_data_need(stage)]
+               if need and not _has(data, need)]
+    if missing:
+        raise MissingDataError("; ".join(missing) + ". Pass data=TaskData(train=..., calibration=...).")
+    layers = adapter.layers(model)
+    for i, stage in enumerate(recipe.stages):
+        selector = getattr(stage, "selector", None)
+        if selector is not None and not selector.select(layers):
+            shown = ", ".join(f"{layer.name} ({layer.role.value})" for layer in layers[:8])
+            raise LayerSelectionError(f"stages[{i}].selector matches no layer of this model; "
+                                      f"its layers include: {shown}{' ...' if len(layers) > 8 else ''}")
+
+
+def _data_need(stage: Any) -> Optional[str]:
+    if isinstance(stage, QuantizationSpec):
+        return {QuantMode.static: "calibration", QuantMode.qat: "train"}.get(stage.mode)
+    if isinstance(stage, (DistillationSpec, FineTuneSpec)):
+        return "train"
+    if isinstance(stage, PruningSpec) and stage.trains:
+        return "train"
+    return None
+
+
+def _has(data: Optional[TaskData], need: str) -> bool:
+    if data is None:
+        return False
+    return data.train is not None or (need == "calibration" and data.calibration is not None)
+
+
+def _metrics(adapter: Adapter, model: Any, evaluate: Optional[Evaluate], data: Optional[TaskData]) -> dict:
+    if evaluate is not None:
+        value = evaluate(model)
+        return dict(value) if isinstance(value, dict) else {"metric": float(value)}
+    if data is not None and data.evaluation is not None:
+        return adapter.evaluate(model, data.evaluation())
+    return {}
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda desc, total: tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def compress(model: Any, recipe: RecipeLike, data: Optional[TaskData] = None, *, backend: Optional[str] = None,
+             teacher: Any = None, evaluate: Optional[Evaluate] = None, inplace: bool = False,
+             progress: bool = True, export_example: Optional[Inputs] = None) -> CompressionResult:
+    """Run a recipe's stages on a copy of `model` and return the compressed model with its report.
+
+    Nothing is touched until the backend's capabilities, the data and the layer selection are
+    checked; stages then run on a copy, so a failing stage leaves `model` unchanged
+    (unless `inplace=True`, which skips the copy and gives up that guarantee).
+
+    Example::
+
+        result = compress(model, "examples/int8_static.yaml", data=task_data)
+        print(result.report.to_text())
+    """
+    recipe = as_recipe(recipe)
+    adapter = resolve_backend(backend or recipe.backend, model)
+    if not adapter.is_model(model):
+        raise ModelNotSupportedError(f"backend {adapter.name!r} cannot take a {type(model).__module__}."
+                                     f"{type(model).__qualname__}; use backend: auto or the matching backend")
+    check_plan(adapter, model, recipe, data)
+
+    metrics_before = _metrics(adapter, model, evaluate, data) if recipe.evaluate else {}
+    layers_before = adapter.describe(model)
+    working = model if inplace else adapter.copy(model)
+    bar_factory = _progress(progress)
+    stage_reports = []
+    for i, stage in enumerate(recipe.stages):
+        ctx = StageContext(progress=bar_factory, stage_index=i)
+        if isinstance(stage, DistillationSpec):
+            ctx.teacher = teacher if teacher is not None else adapter.copy(working)
+        t0 = time.perf_counter()
+        try:
+            working = adapter.apply(working, stage, data, ctx)
+        except UnicompressError:
+            raise
+        except Exception as exc:
+            raise StageError(i, stage.technique, exc) from exc
+        stats = adapter.describe(working)
+        stage_reports.append(StageReport(i, stage.technique, time.perf_counter() - t0, ctx.history,
+                                         params=sum(s.params for s in stats), nonzero=sum(s.nonzero for s in stats),
+                                         nbytes=sum(s.nbytes for s in stats)))
+
+    exports = _export(adapter, working, recipe, data, export_example)
+    report = CompressionReport(recipe=recipe.name, backend=adapter.name, layers_before=layers_before,
+                               layers_after=adapter.describe(working), stages=stage_reports,
+                               metrics_before=metrics_before,
+                               metrics_after=_metrics(adapter, working, evaluate, data) if recipe.evaluate else {},
+                               exports={k: str(v) for k, v in exports.items()})
+    return CompressionResult(working, report, adapter.name, exports)
+
+
+def _example_inputs(data: Optional[TaskData], given: Optional[Inputs]) -> Inputs:
+    if given is not None:
+        return given
+    if data is not None:
+        for source in (data.calibration, data.evaluation, data.train):
+            if source is not None:
+                first = next(iter(source()))
+                return first[0] if isinstance(first, tuple) else first
+    raise MissingDataError("export needs example inputs: pass export_example= or data with batches")
+
+
+def _export(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[TaskData],
+            example: Optional[Inputs]) -> dict[str, Path]:
+    if recipe.export is None:
+        return {}
+    directory = Path(recipe.export.directory)
+    out: dict[str, Path] = {}
+    if ExportFormat.onnx in recipe.export.formats:
+        out["onnx"] = adapter.export_onnx(model, directory / f"{recipe.name}.onnx",
+                                          _example_inputs(data, example), recipe.export.opset)
+    if ExportFormat.native in recipe.export.formats:
+        out["native"] = adapter.export_native(model, directory / f"{recipe.name}.{adapter.name}")
+    return out
+
+
+def _spec(cls: type, spec: Optional[SpecModel], fields: dict) -> SpecModel:
+    if spec is not None and fields:
+        raise TypeError("give a spec or keyword fields, not both")
+    if spec is not None:
+        return spec
+    from .recipe_io import validate_data
+
+    return validate_data({"technique": cls.model_fields["technique"].default, **fields}, cls)
+
+
+def prune(model: Any, spec: Optional[PruningSpec] = None, data: Optional[TaskData] = None, *,
+          backend: str = "auto", **fields: Any) -> CompressionResult:
+    """Prune with a PruningSpec or its fields. Example: ``prune(model, granularity="n_m", n=2, m=4)``."""
+    return compress(model, _spec(PruningSpec, spec, fields), data, backend=backend, progress=False)
+
+
+def quantize(model: Any, spec: Optional[QuantizationSpec] = None, data: Optional[TaskData] = None, *,
+             backend: str = "auto", **fields: Any) -> CompressionResult:
+    """Quantize with a QuantizationSpec or its fields. Example: ``quantize(model, mode="dynamic")``."""
+    return compress(model, _spec(QuantizationSpec, spec, fields), data, backend=backend, progress=False)
+
+
+def distill(student: Any, teacher: Any, spec: Optional[DistillationSpec] = None, data: Optional[TaskData] = None,
+            *, backend: str = "auto", **fields: Any) -> CompressionResult:
+    """Distil `teacher` (frozen) into `student`. Example: ``distill(small, big, data=d, kinds=["response"])``."""
+    return compress(student, _spec(DistillationSpec, spec, fields), data, backend=backend, teacher=teacher)
+
+
+def factorize(model: Any, spec: Optional[LowRankSpec] = None, *, backend: str = "auto",
+              **fields: Any) -> CompressionResult:
+    """Low-rank factorise Linear layers. Example: ``factorize(model, energy=0.9)``."""
+    return compress(model, _spec(LowRankSpec, spec, fields), None, backend=backend, progress=False)
+
+
+def export_onnx(model: Any, path: Union[str, Path], example: Inputs, *, backend: str = "auto",
+                opset: int = 17) -> Path:
+    """Export any backend's model (compressed or not) to ONNX, atomically; returns the path."""
+    adapter = resolve_backend(backend, model)
+    return adapter.export_onnx(model, Path(path), example, opset)

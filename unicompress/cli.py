@@ -59,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
                          epilog="example:\n  unicompress inspect out/minilm-int8.onnx")
     ins.add_argument("model", help="an .onnx file")
     ins.add_argument("--json", action="store_true")
+
+    bn = sub.add_parser("bench", help="ONNX Runtime latency and size of ONNX files, as ratios to a baseline",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  unicompress bench fp32.onnx int8.onnx --batch 1 32 --length 128 --threads 2\n"
+                               "the first file is the baseline; runs are interleaved so load affects all alike")
+    bn.add_argument("baseline", help="the reference .onnx file")
+    bn.add_argument("candidates", nargs="*", help="compressed .onnx files to compare with it")
+    bn.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    bn.add_argument("--length", type=int, default=128, help="sequence length for token inputs")
+    bn.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    bn.add_argument("--runs", type=int, default=7, help="timed runs per file and batch (median reported)")
+    bn.add_argument("--json", action="store_true")
     return p
 
 
@@ -67,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"run": _run, "validate": _validate, "schema": _schema, "backends": _backends,
-                "inspect": _inspect}[args.command](args)
+                "inspect": _inspect, "bench": _bench}[args.command](args)
     except UnicompressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -149,14 +161,44 @@ def _backends(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .onnx import inspect as onnx_inspect
+    from dataclasses import asdict
+
+    from .onnx.inspect import summarize
     from .report import format_table
 
-    summary = onnx_inspect.inspect_onnx(Path(args.model))
+    summary = summarize(Path(args.model))
+    tensors = [t for t in summary.initializers if len(t.shape) >= 2 and t.size >= 16]
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        print(json.dumps({"file_bytes": summary.file_bytes, "weight_bytes": summary.weight_bytes,
+                          "quantized": summary.quantized, "op_counts": summary.op_counts,
+                          "tensors": [asdict(t) | {"sparsity": t.sparsity} for t in tensors],
+                          "qdq": [asdict(q) for q in summary.qdq],
+                          "factorised": [asdict(f) for f in summary.factorised]}, indent=2))
         return 0
-    print(summary.to_text() if hasattr(summary, "to_text") else format_table(*summary.table()))
+    print(format_table(("tensor", "shape", "type", "bits", "sparsity", "KB"),
+                       [(t.name, "x".join(map(str, t.shape)), t.dtype, t.bits, f"{t.sparsity:.1%}",
+                         f"{t.nbytes / 1024:.1f}") for t in tensors]))
+    total = sum(t.size for t in tensors)
+    zeros = sum(t.zeros for t in tensors)
+    print(f"\n{len(tensors)} weight tensors, {total:,} values, {zeros / max(total, 1):.1%} zeros, "
+          f"{summary.weight_bytes / 1e6:.2f} MB of constants, file {(summary.file_bytes or 0) / 1e6:.2f} MB")
+    q = [n for n in summary.qdq if n.op == "DequantizeLinear"]
+    print(f"quantized: {'yes' if summary.quantized else 'no'} ({len(q)} DequantizeLinear, "
+          f"{sum(n.per_channel for n in q)} per-channel); factorised MatMul pairs: {len(summary.factorised)}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import compare_latency
+    from .report import format_table
+
+    rows = compare_latency(args.baseline, args.candidates, args.batch, args.length, args.threads, args.runs)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(format_table(("file", "batch", "median ms", "p90 ms", "size MB", "speed-up", "smaller"),
+                       [(Path(r["path"]).name, r["batch"], f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                         f"{r['size_mb']:.2f}", f"{r['speedup']:.2f}x", f"{r['size_ratio']:.2f}x") for r in rows]))
     return 0
 
 
@@ -176,9 +218,9 @@ def _run(args: argparse.Namespace) -> int:
     if name == "auto":
         raise BackendNotFoundError("a recipe run from the CLI must name its backend (backend: torch) "
                                    "or be given --backend")
+    adapter = get_backend(name)
     if recipe.model is None:
         raise UnicompressError("the recipe has no model: section; add e.g. model: {zoo: minilm-l6}")
-    adapter = get_backend(name)
     data = None
     if recipe.data is not None:
         if recipe.data.dataset:

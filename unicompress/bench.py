@@ -1,0 +1,86 @@
+"""Latency of ONNX files in ONNX Runtime, measured as ratios in one run (the measuring stick of DESIGN.md)."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .onnx.runtime import feeds_for, make_session
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Median and spread of repeated runs of one file at one batch size."""
+
+    path: str
+    batch: int
+    length: int
+    threads: int
+    median_ms: float
+    p90_ms: float
+    runs: int
+    size_mb: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def synthetic_inputs(session, batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of the declared names and types: token ids below 1000 (valid in any BERT vocabulary),
+    an all-ones attention mask, images in [0, 1) of the declared spatial size."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in session.get_inputs():
+        dims = [d if isinstance(d, int) and d > 0 else None for d in spec.shape]
+        if "mask" in spec.name:
+            out[spec.name] = np.ones((batch, length), np.int64)
+        elif "int" in spec.type:
+            out[spec.name] = (rng.integers(0, 1000, (batch, length)) if "type" not in spec.name
+                              else np.zeros((batch, length))).astype(np.int64)
+        else:
+            shape = [batch] + [d or length for d in dims[1:]]
+            out[spec.name] = rng.random(shape, dtype=np.float32)
+    return out
+
+
+def measure_latency(path: Union[str, Path], batch: int = 1, length: int = 128, threads: int = 2,
+                    runs: int = 7, warmup: int = 2, inputs: Optional[Mapping[str, np.ndarray]] = None) -> Latency:
+    """Median wall time of `runs` ORT runs after `warmup` runs.
+
+    Example: ``measure_latency("model.onnx", batch=32).median_ms``.
+    """
+    session = make_session(path, threads)
+    feeds = feeds_for(session, inputs) if inputs is not None else synthetic_inputs(session, batch, length)
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return Latency(str(path), batch, length, threads, statistics.median(times),
+                   times[min(len(times) - 1, int(0.9 * len(times)))], runs, Path(path).stat().st_size / 1e6)
+
+
+def compare_latency(baseline: Union[str, Path], candidates: Sequence[Union[str, Path]],
+                    batches: Sequence[int] = (1, 32), length: int = 128, threads: int = 2,
+                    runs: int = 7) -> list[dict]:
+    """Rows of latency and size for each file and batch, with the speed-up against `baseline`.
+
+    Runs are interleaved per batch size (baseline, then each candidate) so that machine load
+    affects both sides of a ratio alike.
+    """
+    rows = []
+    for batch in batches:
+        base = measure_latency(baseline, batch, length, threads, runs)
+        rows.append(base.to_dict() | {"speedup": 1.0, "size_ratio": 1.0})
+        for path in candidates:
+            lat = measure_latency(path, batch, length, threads, runs)
+            rows.append(lat.to_dict() | {"speedup": base.median_ms / lat.median_ms,
+                                         "size_ratio": base.size_mb / lat.size_mb})
+    return rows

@@ -45,15 +45,17 @@ def paddleslim():
 
 # ---- Paddle 3 / PaddleSlim 2.6 workarounds ---------------------------------------------------------
 def pir_safe_qdq(model) -> int:
-    """Make converted quant/dequant layers traceable by paddle.jit under PIR (Paddle 3's default IR).
+    """Make converted quant/dequant layers save correctly with paddle.jit under PIR (Paddle 3's default IR).
 
-    Broken call: ``paddle.jit.save(QAT/PTQ(...).convert(model), path, input_spec=[InputSpec([None, ...])])``
-    raises ``ValueError: (InvalidArgument) Each value of attribute 'shape' is expected to be no less than
-    0 ... shape = [-1, -1, 32]``: the PIR branch of `LinearQuanter.forward`/`LinearDequanter.forward`
-    creates a persistable placeholder of the input's (dynamic) shape that it then throws away. We swap
-    each instance's class for a subclass whose PIR branch calls the same `quantize_linear` /
-    `dequantize_linear` kernels without the placeholder; dygraph behaviour is unchanged.
-    Returns the number of layers patched.
+    Two breakages of the PIR branch of `paddle.nn.quant.format.LinearQuanter/LinearDequanter.forward`:
+    1. ``paddle.jit.save(PTQ/QAT(...).convert(model), path, input_spec=[InputSpec([None, ...])])`` raises
+       ``ValueError: (InvalidArgument) Each value of attribute 'shape' is expected to be no less than 0 ...
+       shape = [-1, -1, 32]``: it creates a persistable placeholder of the input's dynamic shape.
+    2. Even with static shapes, the saved program's `dequantize_linear` does not dequantize (PIR maps it
+       onto the quantize kernel; see Paddle2ONNX PR #1528): the loaded model's logits were off by ~1e3.
+    We swap each instance's class for a subclass whose PIR branch computes the same arithmetic with plain
+    ops (q = clip(round(x / amax * qmax)), x = q * amax / qmax, per channel along `quant_axis`); the dygraph
+    branch (Paddle's kernels) is unchanged. Returns the number of layers patched.
     """
     from paddle.nn.quant.format import LinearDequanter, LinearQuanter
 
@@ -68,11 +70,13 @@ def pir_safe_qdq(model) -> int:
     return count
 
 
-def _pir_qdq(layer, op, input):
-    from paddle import _C_ops
-    out, _, _, _ = getattr(_C_ops, op)(input, layer._scales, layer._zero_point, layer.in_accum, layer.in_state,
-                                       layer._quant_axis, layer._bit_length, layer._qmin, layer._qmax, 0, True, False)
-    return out
+def _pir_scale(layer, x):
+    s = layer._scales
+    if layer._quant_axis is not None and layer._quant_axis >= 0 and s.shape and s.shape[0] > 1:
+        shape = [1] * len(x.shape)
+        shape[layer._quant_axis] = -1
+        s = paddle.reshape(s, shape)
+    return s
 
 
 def _make_pir_safe():
@@ -82,16 +86,232 @@ def _make_pir_safe():
     class PirSafeLinearQuanter(LinearQuanter):
         def forward(self, input):
             if in_pir_mode():
-                return _pir_qdq(self, "quantize_linear", input)
+                q = paddle.round(input / _pir_scale(self, input) * float(self._qmax))
+                return paddle.clip(q, float(self._qmin), float(self._qmax))
             return super().forward(input)
 
     class PirSafeLinearDequanter(LinearDequanter):
         def forward(self, input):
             if in_pir_mode():
-                return _pir_qdq(self, "dequantize_linear", input)
+                return input * _pir_scale(self, input) / float(self._qmax)
             return super().forward(input)
 
     return PirSafeLinearQuanter, PirSafeLinearDequanter
 
 
 _PirSafeLinearQuanter, _PirSafeLinearDequanter = _make_pir_safe()
+
+
+def fixed_unstructured_pruner_class():
+    """PaddleSlim's UnstructuredPruner with the two Paddle 3 / NumPy 2 breakages fixed.
+
+    Broken call: ``UnstructuredPruner(model, "ratio", ratio=0.5).step()`` then ``model(x)`` (or
+    ``update_params()``) raises ``TypeError: (InvalidType) Type promotion only support calculations between
+    floating-point numbers ... x: float32, y: bool``. Cause (paddleslim/dygraph/prune/unstructured_pruner.py,
+    `_update_masks` and `set_static_masks`): ``paddle.assign(bool_ndarray, output=mask)`` turns the float32
+    mask buffer into a *bool* tensor on Paddle 3, and the forward pre-hook computes ``param * mask``,
+    which Paddle 3's type promotion rejects (Paddle 2.6 cast silently). Fix: assign float32 masks.
+
+    Block scores: PaddleSlim ranks a sparse_block by |mean(w)| (opposite signs cancel, so a block of large
+    weights can score 0); we rank it by mean |w| (its L1 norm / size), the block norm the spec means.
+    Also fixed: in 'ratio' mode the threshold is the k-th smallest |w| (k = round(ratio * n)) but the mask
+    keeps ``|w| >= threshold``, so one weight fewer than k is pruned per group; we keep ``|w| > threshold``
+    (exactly k pruned, as the spec means) and keep everything when k == 0.
+    """
+    import numpy as np
+
+    from paddleslim import UnstructuredPruner
+    from paddleslim.prune.unstructured_pruner_utils import cal_mxn_avg_matrix
+
+    class FixedUnstructuredPruner(UnstructuredPruner):
+        def _pruned_params(self):
+            for _, sub_layer in self.model.named_sublayers():
+                if not self._should_prune_layer(sub_layer):
+                    continue
+                for param in sub_layer.parameters(include_sublayers=False):
+                    if param.name not in self.skip_params:
+                        yield param
+
+        block_norm = "l1"
+
+        def _score(self, param):
+            # mean |w| (L1 / size) or mean w^2 (L2^2 / size) of each block; PaddleSlim takes |mean(w)|,
+            # where opposite signs cancel
+            w = param.numpy()
+            w = np.abs(w) if self.block_norm == "l1" else w.astype(np.float64) ** 2
+            return cal_mxn_avg_matrix(w, m=self.sparse_block[0], n=self.sparse_block[1])
+
+        def update_threshold(self):
+            scores = [(p.name, self._score(p).ravel()) for p in self._pruned_params()]
+            kth = lambda v: np.sort(v)[max(0, round(self.ratio * v.size) - 1)].item()  # noqa: E731
+            if self.local_sparsity:
+                self.thresholds.update({name: kth(v) for name, v in scores})
+            elif scores:
+                self.threshold = kth(np.concatenate([v for _, v in scores]))
+
+        def _update_masks(self):
+            params = list(self._pruned_params())
+            total = sum(int(np.prod(p.shape)) for p in params)
+            for param in params:
+                mask = self.masks.get(param.name)
+                avg = self._score(param)
+                if self.mode == "ratio":
+                    n = avg.size if self.local_sparsity else total
+                    thr = self.thresholds[param.name] if self.local_sparsity else self.threshold
+                    keep = np.ones_like(avg, bool) if round(self.ratio * n) == 0 else avg > thr
+                else:
+                    keep = avg >= self.threshold
+                paddle.assign(keep.astype(np.float32), output=mask)
+
+        def set_static_masks(self):
+            for param in self._pruned_params():
+                paddle.assign((param.numpy() != 0).astype(np.float32), output=self.masks.get(param.name))
+
+        def detach(self) -> None:
+            """Write the masked values into the weights, then remove the pruner's hooks and mask buffers
+            (PaddleSlim keeps no hook handles), so the model saves and exports without them."""
+            self.update_params()
+            for _, sub_layer in self.model.named_sublayers(include_self=True):
+                hooks = sub_layer._forward_pre_hooks
+                for key in [k for k, h in hooks.items() if getattr(h, "__self__", None) is self]:
+                    del hooks[key]
+                for name in [b for b in sub_layer._buffers if b.endswith("_mask")]:
+                    del sub_layer._buffers[name]
+
+    return FixedUnstructuredPruner
+
+
+def fixed_fpgm_pruner_class():
+    """FPGMFilterPruner whose `get_distance_sum` does not call `np.product` (removed in NumPy 2)."""
+    import numpy as np
+    from paddleslim.dygraph import FPGMFilterPruner
+
+    class FixedFPGMFilterPruner(FPGMFilterPruner):
+        def get_distance_sum(self, value, out_idx):
+            w = value.reshape(value.shape[0], int(np.prod(value.shape[1:])))
+            return np.sqrt(((w - w[out_idx]) ** 2).sum(-1)).sum()
+
+    return FixedFPGMFilterPruner
+
+
+class ScoringCollection:
+    """The minimal PruningCollection PaddleSlim's `FilterPruner.cal_mask` reads (master name/axis, values).
+
+    PaddleSlim's filter pruners build their collections by tracing the model into a static program
+    (`paddleslim.core.dygraph.dygraph2program`), which fails on Paddle 3 with ``AttributeError: module
+    'paddle.base.dygraph.base' has no attribute '_to_static_mode_guard_'``. For a Transformer the groups
+    are known from the declared TransformerStructure, so we hand `cal_mask` this collection directly.
+    """
+
+    def __init__(self, name: str, value, axis: int = 0):
+        self.master_name, self.master_axis, self.values = name, axis, {name: value}
+
+    def all_pruning_details(self):
+        return []
+
+
+class PlanOp:
+    """Stands in for the traced op PaddleSlim's PruningMask carries (only `attr('groups')` is read)."""
+
+    def attr(self, name):
+        return None
+
+
+def filter_scorer(norm: str):
+    """An L1/L2NormFilterPruner instance usable for `cal_mask` without its (broken) graph tracing."""
+    slim = paddleslim()
+    cls = slim.dygraph.L1NormFilterPruner if norm == "l1" else slim.dygraph.L2NormFilterPruner
+    return cls.__new__(cls)
+
+
+def apply_plan(model, masks: dict, remove: bool) -> None:
+    """Apply {param: (axis, keep-vector)} with PaddleSlim's PruningPlan: slice the parameters (remove=True,
+    `imperative_apply`) or zero them (`lazy_apply`); then drop the backup buffers the plan registers."""
+    import numpy as np
+    from paddleslim.dygraph.prune.pruning_plan import PruningMask, PruningPlan
+
+    plan = PruningPlan(model.full_name())
+    for param, (axis, keep) in masks.items():
+        plan.add(param.name, PruningMask(int(axis), np.asarray(keep, np.int64), float(1 - np.mean(keep)), PlanOp()))
+    plan.apply(model, lazy=not remove)
+    for layer in model.sublayers(include_self=True):
+        for name in [b for b in layer._buffers if b.endswith("_backup")]:
+            del layer._buffers[name]
+
+
+def fixed_hist_observer(quant_bits: int = 8, percent: float = 0.999):
+    """PaddleSlim's percentile HistObserver, fixed for NumPy 2.
+
+    Broken call: calibrating with ``paddleslim.quant.observers.HistObserver`` then ``PTQ.convert`` raises
+    ``TypeError: only 0-dimensional arrays can be converted to Python scalars`` in
+    `PercentHistObserverLayer._cal_min_max_by_percent` (``float((max_idx - 0.5) * bin_width)`` on a
+    1-element array, an error since NumPy 2). Fix: the same formula on the scalar index.
+    """
+    import numpy as np
+    slim = paddleslim()
+    from paddleslim.quant.observers.hist import HistObserver, PercentHistObserverLayer
+
+    class FixedPercentHistObserverLayer(PercentHistObserverLayer):
+        def _cal_min_max_by_percent(self):
+            hist = self._hist / np.sum(self._hist, dtype=np.float64)
+            cum = np.cumsum(hist)
+            max_idx = int(np.argwhere(cum >= self._percent)[0][0])
+            min_idx = int(np.argwhere(cum >= (1 - self._percent))[0][0])
+            width = (self._hist_max - self._hist_min) / hist.shape[0]
+            return self._hist_min + (min_idx - 0.5) * width, self._hist_min + (max_idx - 0.5) * width
+
+    class FixedHistObserver(HistObserver):
+        def _get_class(self):
+            return FixedPercentHistObserverLayer
+
+    del slim
+    return FixedHistObserver(quant_bits=quant_bits, percent=percent)
+
+
+def fixed_mse_observer(quant_bits: int = 8):
+    """PaddleSlim's MSEObserver with its search reset per calibration batch.
+
+    Broken behaviour: `MSEObserverLayer.cal_min_max` keeps `calibration_loss` across batches but starts each
+    batch's search from that batch's abs-max, so after the first batch a candidate is accepted only if it
+    beats the best loss of *earlier* batches: later batches silently fall back to plain abs-max (measured
+    on tiny-bert: the 'mse' range equalled the min-max range). Fix: run PaddleSlim's search afresh on every
+    batch and keep the largest chosen range over the batches.
+    """
+    paddleslim()
+    from paddleslim.quant.observers.mse import MSEObserver, MSEObserverLayer
+
+    class FixedMSEObserverLayer(MSEObserverLayer):
+        def forward(self, inputs):
+            previous = getattr(self, "_running_max", None)
+            self.calibration_loss = float("inf")
+            out = super().forward(inputs)
+            self._running_max = self._mse_max if previous is None else max(previous, self._mse_max)
+            self._mse_max = self._running_max
+            return out
+
+    class FixedMSEObserver(MSEObserver):
+        def _get_class(self):
+            return FixedMSEObserverLayer
+
+    return FixedMSEObserver(quant_bits=quant_bits)
+
+
+def with_zero_points(factory):
+    """A QAT quanter factory whose layers report a zero zero-point, so `QAT.convert` works.
+
+    Broken call: ``QAT(QuantConfig(weight=FakeQuanterWithAbsMaxObserver(), ...)).convert(model)`` (also with
+    PaddleSlim's FakeQuanterChannelWiseAbsMaxObserver) raises ``TypeError: Can't constructs a 'paddle.Tensor'
+    with data type <class 'NoneType'>``: the quanters' `zero_points()` return None and
+    `LinearQuanter.__init__` calls ``paddle.to_tensor(None)``. Both quanters are symmetric, so the zero-point
+    is 0: we return zeros of the scale's shape.
+    """
+    base = factory._get_class()
+
+    class ZeroPointQuanterLayer(base):
+        def zero_points(self):
+            scales = self.scales()
+            return None if scales is None else paddle.zeros_like(scales)
+
+    ZeroPointQuanterLayer.__name__ = base.__name__
+    factory._get_class = lambda: ZeroPointQuanterLayer
+    return factory

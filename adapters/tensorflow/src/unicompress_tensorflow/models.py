@@ -30,7 +30,7 @@ class PositionIds(keras.layers.Layer):
     """[B, L] token ids -> [1, L] positions 0..L-1 (int32)."""
 
     def call(self, input_ids):
-        return tf.range(tf.shape(input_ids)[1])[tf.newaxis, :]
+        return tf.expand_dims(tf.range(tf.shape(input_ids)[1]), 0)
 
 
 @keras.utils.register_keras_serializable(_PKG)
@@ -47,7 +47,8 @@ class AdditiveMask(keras.layers.Layer):
 
     def call(self, mask):
         mask = tf.cast(mask, self.compute_dtype)
-        return ((1.0 - mask) * -1e9)[:, tf.newaxis, tf.newaxis, :]
+        # expand_dims, not [:, None, None, :]: TFLite has no builtin strided slice with new axes
+        return tf.expand_dims(tf.expand_dims((1.0 - mask) * -1e9, 1), 1)
 
 
 @keras.utils.register_keras_serializable(_PKG)

@@ -200,8 +200,9 @@ def structure(model: nn.Module) -> Optional[TransformerStructure]:
             ffn.append(FFNInfo(i, f"{name}.linear1", f"{name}.linear2"))
     if not attention:
         return None
-    first = attention[0]
-    hidden = int(effective_weight(by_name(model)[first.output].module).shape[0])
+    out_proj = model.get_submodule(attention[0].output)
+    last = out_proj[-1] if isinstance(out_proj, LowRankLinear) else out_proj
+    hidden = int(last.out_features)
     return TransformerStructure(
         hidden_size=hidden, num_layers=len(attention), attention=tuple(attention), ffn=tuple(ffn),
         classifier=next((r.name for r in records if r.role is LayerRole.classifier), None),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import Inputs, TaskData
@@ -131,13 +131,27 @@ def _zero_masks(model: nn.Module) -> list[nn.Module]:
     masked = []
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, nn.Parameter) or weight.dim() < 2 or hasattr(module, "weight_mask"):
+        if not isinstance(weight, nn.Parameter) or weight.dim() < 2 or hasattr(module, "weight_mask") \
+                or parametrize.is_parametrized(module):
             continue
         zeros = weight.detach() == 0
         if bool(zeros.any()):
             prune.custom_from_mask(module, "weight", mask=~zeros)
             masked.append(module)
     return masked
+
+
+def refresh_masked_weights(model: nn.Module) -> None:
+    """Recompute every pruned tensor (orig * mask) for the coming forward pass.
+
+    torch.nn.utils.prune refreshes a weight in a forward pre-hook of its own module, but some parents
+    read a child's weight without calling the child (nn.MultiheadAttention reads ``out_proj.weight``),
+    which would reuse a tensor from the previous step's freed graph.
+    """
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, (prune.BasePruningMethod, prune.PruningContainer)):
+                setattr(module, hook._tensor_name, hook.apply_mask(module))
 
 
 def train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: Optional[StageContext] = None,
@@ -175,6 +189,7 @@ def train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: Op
                 if on_step is not None:
                     on_step(step)
                 optimizer.zero_grad(set_to_none=True)
+                refresh_masked_weights(model)
                 loss = loss_fn(model, inputs, labels)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss.item()} at step {step}; "

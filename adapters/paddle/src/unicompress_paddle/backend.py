@@ -1,0 +1,81 @@
+"""PaddleAdapter: the unicompress backend for paddle.nn.Layer models (entry point `paddle`).
+
+This module imports no framework: `unicompress backends` lists the capabilities without Paddle.
+Framework modules load on first use through `_fw()`, which first checks the import order
+(TensorFlow before Paddle in one process segfaults; we raise ImportOrderError instead).
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from unicompress.backend.adapter import Adapter
+from unicompress.backend.capabilities import Capabilities
+from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TransformerStructure
+from unicompress.specs import DistillationSpec, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec
+
+from .capabilities import paddle_capabilities
+
+
+class PaddleAdapter(Adapter):
+    """Translate unicompress specs into PaddleSlim / paddle.quantization / paddle2onnx calls."""
+
+    name = "paddle"
+    requirements = ("unicompress-paddle", "paddlepaddle==3.3.1", "paddleslim==2.6.0", "paddle2onnx==2.1.0",
+                    "setuptools<81", "decorator")
+    framework_modules = ("paddle",)
+
+    def _fw(self, module: str) -> Any:
+        """Import one of this adapter's framework modules (import-order guard first, then Paddle)."""
+        self.require("unicompress_paddle.compat")
+        return importlib.import_module(f"unicompress_paddle.{module}")
+
+
+    def capabilities(self) -> Capabilities:
+        return paddle_capabilities()
+
+    def copy(self, model: Any) -> Any:
+        return copy.deepcopy(model)
+
+    def layers(self, model: Any) -> list[LayerInfo]:
+        return self._fw("layers").layer_infos(model)
+
+    def structure(self, model: Any) -> Optional[TransformerStructure]:
+        return self._fw("layers").structure(model)
+
+    def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        return self._fw("layers").weights(model, names)
+
+    def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
+        self._fw("layers").set_weights(model, weights)
+
+    def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
+        return self._fw("quantization").quantized_weights(model)
+
+    def run(self, model: Any, inputs: Inputs) -> np.ndarray:
+        return self._fw("layers").run(model, inputs)
+
+    def describe(self, model: Any) -> list[LayerStats]:
+        return self._fw("layers").describe(model)
+
+    def handlers(self) -> dict[type, Callable[..., Any]]:
+        return {
+            PruningSpec: lambda m, s, d, c: self._fw("pruning").prune(m, s, d, c),
+            QuantizationSpec: lambda m, s, d, c: self._fw("quantization").quantize(m, s, d, c),
+            DistillationSpec: lambda m, s, d, c: self._fw("distillation").distill(m, s, d, c),
+            LowRankSpec: lambda m, s, d, c: self._fw("lowrank").factorize(m, s, d, c),
+            FineTuneSpec: lambda m, s, d, c: self._fw("training").finetune(m, s, d, c),
+        }
+
+    def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
+        return self._fw("export").export_onnx(model, Path(path), example, opset)
+
+    def export_native(self, model: Any, directory: Path) -> Path:
+        return self._fw("export").export_native(model, Path(directory))
+
+    def build_model(self, zoo: str, **kwargs: Any) -> Any:
+        return self._fw("models").build_model(zoo, **kwargs)

@@ -1,0 +1,100 @@
+"""TensorFlowAdapter: the unicompress backend for tf_keras models (TFMOT, TFLite, tf2onnx).
+
+This module imports no framework at module level: `unicompress backends` lists its capabilities
+anywhere. Every method imports the framework modules it needs on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+from unicompress.backend.adapter import Adapter
+from unicompress.backend.capabilities import Capabilities
+from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TransformerStructure
+
+from .capabilities import tensorflow_capabilities
+
+
+class TensorFlowAdapter(Adapter):
+    """tf_keras (Keras 2) models, compressed with the TensorFlow Model Optimization Toolkit."""
+
+    name = "tensorflow"
+    requirements = ("unicompress-tensorflow", "tensorflow-cpu==2.21.0", "tf-keras==2.21.0",
+                    "tensorflow-model-optimization==0.8.1", "tf2onnx==1.17.0")
+    framework_modules = ("tf_keras", "keras", "tensorflow", "unicompress_tensorflow")
+
+    def _mod(self, name: str) -> Any:
+        """Import one of this package's framework modules, or fail with the pip command."""
+        self.require("tensorflow", "tf_keras", "tensorflow_model_optimization")
+        return importlib.import_module(f"unicompress_tensorflow.{name}")
+
+    # ---- data ----------------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        return tensorflow_capabilities()
+
+    # ---- model plumbing ------------------------------------------------------------------------
+    def copy(self, model: Any) -> Any:
+        if self._is_tflite(model):
+            return model.copy()
+        return self._mod("layers").copy_model(model)
+
+    def layers(self, model: Any) -> list[LayerInfo]:
+        if self._is_tflite(model):
+            return self._mod("layers").layer_infos(model.keras_model)
+        return self._mod("layers").layer_infos(model)
+
+    def structure(self, model: Any) -> Optional[TransformerStructure]:
+        if self._is_tflite(model):
+            model = model.keras_model
+        return self._mod("layers").structure(model)
+
+    def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        if self._is_tflite(model):
+            return model.dequantized_weights(names)
+        return self._mod("layers").get_weights(model, names)
+
+    def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
+        if self._is_tflite(model):
+            raise TypeError("a TFLite flatbuffer is read-only; set weights before quantizing")
+        self._mod("layers").set_weights(model, weights)
+
+    def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
+        return self._mod("quantization").quantized_weights(model)
+
+    def run(self, model: Any, inputs: Inputs) -> np.ndarray:
+        if self._is_tflite(model):
+            return model.run(inputs)
+        return self._mod("layers").run(model, inputs)
+
+    def describe(self, model: Any) -> list[LayerStats]:
+        return self._mod("quantization").describe(model)
+
+    # ---- compression ---------------------------------------------------------------------------
+    def handlers(self) -> dict[type, Callable[..., Any]]:
+        from unicompress.specs import (DistillationSpec, FineTuneSpec, LowRankSpec, PruningSpec,
+                                       QuantizationSpec)
+
+        return {
+            PruningSpec: lambda *a: self._mod("pruning").apply_pruning(*a),
+            QuantizationSpec: lambda *a: self._mod("quantization").apply_quantization(*a),
+            DistillationSpec: lambda *a: self._mod("distillation").apply_distillation(*a),
+            LowRankSpec: lambda *a: self._mod("lowrank").apply_low_rank(*a),
+            FineTuneSpec: lambda *a: self._mod("training").apply_finetune(*a),
+        }
+
+    # ---- export --------------------------------------------------------------------------------
+    def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
+        return self._mod("export").export_onnx(model, Path(path), example, opset)
+
+    def export_native(self, model: Any, directory: Path) -> Path:
+        return self._mod("export").export_native(model, Path(directory))
+
+    # ---- zoo -----------------------------------------------------------------------------------
+    def build_model(self, zoo: str, **kwargs: Any) -> Any:
+        return self._mod("models").build_model(zoo, **kwargs)
+
+    @staticmethod
+    def _is_tflite(model: Any) -> bool:
+        return type(model).__name__ == "TFLiteModel" and type(model).__module__.startswith("unicompress_tensorflow")

@@ -1,0 +1,231 @@
+"""Finding the compressible layers of a tf_keras model, their roles and the Transformer structure,
+and reading/writing their weights in the neutral [out, in] layout (Keras Dense kernels are [in, out]).
+
+Works on functional and Sequential models (layer names, as the zoo models use the neutral HF names),
+subclassed models (dotted attribute paths, e.g. "encoder.blocks.0.query"), and looks through TFMOT
+wrappers (PruneLowMagnitude, QuantizeWrapper) and keras MultiHeadAttention (kernels [hidden, heads, d]).
+"""
+from __future__ import annotations
+
+from . import ensure_legacy_keras
+
+ensure_legacy_keras()
+
+import copy as _copy  # noqa: E402
+import re  # noqa: E402
+import weakref  # noqa: E402
+from typing import Any, Iterator, Optional, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+from unicompress.backend.types import (AttentionInfo, FFNInfo, Inputs, LayerInfo, LayerStats,  # noqa: E402
+                                       TransformerStructure)
+from unicompress.specs.selector import LayerRole  # noqa: E402
+
+from .models import FactorizedDense, ScaledDotProductAttention, custom_objects  # noqa: E402
+
+_MHA_PARTS = (("query", "_query_dense"), ("key", "_key_dense"), ("value", "_value_dense"),
+              ("attention_output", "_output_dense"))
+_BLOCK = re.compile(r"\.(?:layer|layers|blocks|block|h)\.(\d+)\.")
+# A TFMOT QuantizeWrapper replaces its layer's `kernel` attribute by the fake-quantized tensor (and the
+# layer stops tracking the variable); the float variable lives in the wrapper's `_weight_vars`.
+_FLOAT_KERNELS: "weakref.WeakKeyDictionary[Any, tf.Variable]" = weakref.WeakKeyDictionary()
+
+
+def unwrap(layer: Any) -> Any:
+    """The layer inside TFMOT wrappers (prune_low_magnitude, quantize)."""
+    while isinstance(layer, keras.layers.Wrapper):
+        layer = layer.layer
+    return layer
+
+
+def is_graph_model(model: Any) -> bool:
+    """Functional or Sequential (what TFMOT's whole-model APIs accept)."""
+    return isinstance(model, keras.Sequential) or bool(getattr(model, "_is_graph_network", False))
+
+
+def role_of(name: str, layer: Any) -> LayerRole:
+    """The Transformer role of a layer, read from its (HF-style) name."""
+    n = name.lower()
+    if isinstance(layer, keras.layers.Embedding) or "embedding" in n:
+        return LayerRole.embedding
+    for suffix, role in ((".query", LayerRole.query), (".key", LayerRole.key), (".value", LayerRole.value),
+                         ("attention.output.dense", LayerRole.attention_output),
+                         ("intermediate.dense", LayerRole.ffn_in), ("output.dense", LayerRole.ffn_out)):
+        if n.endswith(suffix) or n.endswith(suffix + ".0") or n.endswith(suffix + ".1"):
+            return role
+    if n.startswith("classifier") or n.endswith("classifier"):
+        return LayerRole.classifier
+    if "pooler" in n:
+        return LayerRole.pooler
+    return LayerRole.other
+
+
+def _entries(model: Any) -> Iterator[tuple[str, Any]]:
+    """(neutral name, leaf layer) of every weight-carrying leaf we compress, in model order."""
+    if is_graph_model(model):
+        for outer in model.layers:
+            for weight, _, _ in getattr(outer, "_weight_vars", ()):
+                if "kernel" in weight.name:
+                    _FLOAT_KERNELS[unwrap(outer)] = weight
+            yield from _expand(unwrap(outer).name, unwrap(outer))
+    else:  # subclassed: dotted attribute paths are the only stable names
+        seen: set[int] = set()
+        for path, mod in model._flatten(predicate=lambda m: isinstance(m, keras.layers.Layer), with_path=True):
+            mod = unwrap(mod)
+            if id(mod) in seen or mod is model:
+                continue
+            seen.add(id(mod))
+            name = ".".join(str(p).lstrip("_") for p in path)
+            if isinstance(mod, (keras.layers.Dense, keras.layers.Embedding, keras.layers.EinsumDense)):
+                yield name, mod
+
+
+def _expand(name: str, layer: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(layer, (keras.layers.Dense, keras.layers.Embedding)):
+        yield name, layer
+    elif isinstance(layer, FactorizedDense):
+        yield f"{name}.0", layer.first
+        yield f"{name}.1", layer.second
+    elif isinstance(layer, keras.layers.MultiHeadAttention):
+        for part, attr in _MHA_PARTS:
+            yield f"{name}.{part}", getattr(layer, attr)
+    elif isinstance(layer, keras.Model):
+        for inner in layer.layers:
+            yield from _expand(f"{name}.{unwrap(inner).name}", unwrap(inner))
+
+
+def named_layers(model: Any) -> dict[str, Any]:
+    """Neutral name -> leaf keras layer (Dense, Embedding, EinsumDense)."""
+    return dict(_entries(model))
+
+
+def _kernel_to_neutral(layer: Any, kernel: np.ndarray) -> np.ndarray:
+    if isinstance(layer, keras.layers.Embedding):
+        return kernel
+    if kernel.ndim == 3:  # MultiHeadAttention EinsumDense: [hidden, heads, d] or (output) [heads, d, hidden]
+        if "output" in layer.name:
+            return kernel.reshape(-1, kernel.shape[-1]).T
+        return kernel.reshape(kernel.shape[0], -1).T
+    return kernel.T
+
+
+def _kernel_from_neutral(layer: Any, w: np.ndarray, like: np.ndarray) -> np.ndarray:
+    if isinstance(layer, keras.layers.Embedding):
+        return w
+    return w.T.reshape(like.shape)
+
+
+def _kernel_var(layer: Any) -> tf.Variable:
+    if isinstance(layer, keras.layers.Embedding):
+        return layer.embeddings
+    kernel = layer.kernel
+    return kernel if isinstance(kernel, tf.Variable) else _FLOAT_KERNELS[layer]
+
+
+def layer_infos(model: Any) -> list[LayerInfo]:
+    """Every compressible layer with role, neutral [out, in] shape and block index."""
+    out = []
+    for name, layer in _entries(model):
+        if not layer.built:
+            continue
+        w = _kernel_to_neutral(layer, _kernel_var(layer).numpy())
+        m = _BLOCK.search(name)
+        kind = "embedding" if isinstance(layer, keras.layers.Embedding) else "linear"
+        out.append(LayerInfo(name, kind, role_of(name, layer), tuple(w.shape), int(m.group(1)) if m else None))
+    return out
+
+
+def get_weights(model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+    """Float weights in neutral [out, in] layout."""
+    layers = named_layers(model)
+    wanted = list(layers) if names is None else list(names)
+    missing = [n for n in wanted if n not in layers]
+    if missing:
+        raise KeyError(f"no layer named {missing[0]!r}; known: {', '.join(list(layers)[:8])}...")
+    return {n: _kernel_to_neutral(layers[n], _kernel_var(layers[n]).numpy()).astype(np.float32) for n in wanted}
+
+
+def set_weights(model: Any, weights: dict[str, np.ndarray]) -> None:
+    """Write neutral-layout float weights into the kernels of the named layers."""
+    layers = named_layers(model)
+    for name, w in weights.items():
+        if name not in layers:
+            raise KeyError(f"no layer named {name!r}")
+        var = _kernel_var(layers[name])
+        var.assign(_kernel_from_neutral(layers[name], np.asarray(w, np.float32), var.numpy()))
+
+
+def bias_var(layer: Any) -> Optional[tf.Variable]:
+    return getattr(layer, "bias", None)
+
+
+def structure(model: Any) -> Optional[TransformerStructure]:
+    """Attention heads and FFN pairs, found from the zoo naming (or keras MultiHeadAttention)."""
+    names = named_layers(model)
+    attention, ffn = [], []
+    graph_layers = [unwrap(layer) for layer in model.layers] if is_graph_model(model) else []
+    for layer in graph_layers:
+        if isinstance(layer, ScaledDotProductAttention) and layer.name.endswith(".attention.self"):
+            base = layer.name[: -len(".self")]
+            q, k, v, o = (f"{base}.self.query", f"{base}.self.key", f"{base}.self.value", f"{base}.output.dense")
+            if all(n in names for n in (q, k, v, o)):
+                block = int(_BLOCK.search(layer.name + ".").group(1))
+                attention.append(AttentionInfo(block, q, k, v, o, layer.num_heads, layer.head_dim))
+        elif isinstance(layer, keras.layers.MultiHeadAttention):
+            m = _BLOCK.search(layer.name + ".")
+            attention.append(AttentionInfo(int(m.group(1)) if m else len(attention), f"{layer.name}.query",
+                                           f"{layer.name}.key", f"{layer.name}.value",
+                                           f"{layer.name}.attention_output", layer._num_heads, layer._key_dim))
+    for name in names:
+        if name.endswith("intermediate.dense"):
+            out_name = name[: -len("intermediate.dense")] + "output.dense"
+            if out_name in names:
+                ffn.append(FFNInfo(int(_BLOCK.search(name).group(1)), name, out_name))
+    if not attention and not ffn:
+        return None
+    hidden = get_weights(model, [attention[0].query])[attention[0].query].shape[1] if attention else \
+        get_weights(model, [ffn[0].ffn_in])[ffn[0].ffn_in].shape[1]
+    return TransformerStructure(
+        hidden_size=int(hidden), num_layers=max(len(attention), len(ffn)), attention=tuple(attention),
+        ffn=tuple(ffn), classifier="classifier" if "classifier" in names else None,
+        embeddings=tuple(n for n, layer in names.items() if isinstance(layer, keras.layers.Embedding)))
+
+
+def to_tensors(model: Any, inputs: Inputs) -> Any:
+    """numpy inputs -> what the model's call expects (dict keyed by input names, right dtypes)."""
+    if not isinstance(inputs, dict):
+        return tf.convert_to_tensor(inputs)
+    if is_graph_model(model) and isinstance(model.input, dict):
+        return {k: tf.convert_to_tensor(np.asarray(inputs[k]), dtype=t.dtype) for k, t in model.input.items()}
+    return {k: tf.convert_to_tensor(v) for k, v in inputs.items()}
+
+
+def run(model: Any, inputs: Inputs) -> np.ndarray:
+    """Inference: numpy in, first output (logits) as float32 numpy out."""
+    out = model(to_tensors(model, inputs), training=False)
+    if isinstance(out, dict):
+        out = out.get("logits", next(iter(out.values())))
+    elif isinstance(out, (list, tuple)):
+        out = out[0]
+    return np.asarray(out.numpy(), dtype=np.float32)
+
+
+def copy_model(model: Any) -> Any:
+    """A deep copy with its own variables (functional/Sequential by clone_model, subclassed by deepcopy)."""
+    if is_graph_model(model):
+        with keras.utils.custom_object_scope(custom_objects()):
+            clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        return clone
+    return _copy.deepcopy(model)
+
+
+def describe(model: Any, bits: Optional[dict[str, int]] = None) -> list[LayerStats]:
+    """Per-layer shape, parameters, non-zeros and bits of every compressible layer."""
+    bits = bits or {}
+    infos = layer_infos(model)
+    weights = get_weights(model, [i.name for i in infos])
+    return [LayerStats(i.name, i.kind, i.shape, int(weights[i.name].size), int(np.count_nonzero(weights[i.name])),
+                       bits.get(i.name, 32), i.role.value) for i in infos]

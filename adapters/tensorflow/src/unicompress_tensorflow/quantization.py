@@ -1,0 +1,401 @@
+"""QuantizationSpec -> TFMOT quantization-aware wrappers or the TFLite converter.
+
+- qat, weight_only: `quantize_annotate_layer` on the selected Dense layers with our QuantizeConfigs
+  (TFMOT's LastValueQuantizer / MovingAverageQuantizer configured from the spec: bits, per-axis,
+  symmetric, narrow_range), then `quantize_apply`; qat fine-tunes. TFMOT's `quantize_model` refuses the
+  Transformer's LayerNormalization and custom layers; in qat we annotate LayerNormalization with an
+  output-only config so its activations are fake-quantized too.
+- dynamic, static: the TFLite converter (dynamic range; full int8 with a representative dataset).
+  The model becomes a `TFLiteModel` (flatbuffer + the float Keras model for names).
+- mapping log: a fake-quant quantizer of ours (emulated), weight_only/qat only.
+
+`quantized_weights` reads integers, scales and zero-points from what the toolkit produced: the
+TFLite tensors' quantization parameters, or the QAT fake-quant min/max variables.
+"""
+from __future__ import annotations
+
+from . import ensure_legacy_keras
+
+ensure_legacy_keras()
+
+import fnmatch  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any, Optional, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402
+import tf_keras as keras  # noqa: E402
+from unicompress.backend.adapter import StageContext  # noqa: E402
+from unicompress.backend.types import Inputs, LayerStats, QuantizedTensor, TaskData  # noqa: E402
+from unicompress.errors import UnicompressError  # noqa: E402
+from unicompress.specs import Mapping, QuantGranularity, QuantizationSpec, QuantMode, Scheme  # noqa: E402
+
+from . import layers as L  # noqa: E402
+from .models import custom_objects  # noqa: E402
+from .training import train  # noqa: E402
+
+tfq = tfmot.quantization.keras
+QuantizeWrapper = tfq.QuantizeWrapperV2
+
+
+class QuantizationNotSupportedError(UnicompressError, ValueError):
+    """A quantization setting this backend cannot honour."""
+
+
+# ---- per-layer settings -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """The resolved settings of one layer (spec defaults, then the first matching override)."""
+
+    bits: int
+    per_channel: bool
+    symmetric: bool
+    skip: bool = False
+
+
+def layer_settings(spec: QuantizationSpec, names: Sequence[str]) -> dict[str, LayerQuant]:
+    """Settings per selected layer; overrides are matched by glob, the first match wins."""
+    out = {}
+    for name in names:
+        bits, gran, scheme, skip = spec.bits, spec.granularity, spec.scheme, False
+        for o in spec.overrides:
+            if fnmatch.fnmatchcase(name, o.pattern):
+                bits = o.bits if o.bits is not None else bits
+                gran = o.granularity or gran
+                scheme = o.scheme or scheme
+                skip = o.skip
+                break
+        out[name] = LayerQuant(bits, gran is QuantGranularity.per_channel, scheme is Scheme.symmetric, skip)
+    return out
+
+
+def selected_dense(model: Any, spec: QuantizationSpec) -> list[str]:
+    dense = {n for n, layer in L.named_layers(model).items() if isinstance(layer, keras.layers.Dense)}
+    return [i.name for i in spec.selector.select(L.layer_infos(model)) if i.name in dense]
+
+
+# ---- TFMOT quantizers and configs ----------------------------------------------------------------
+
+@keras.utils.register_keras_serializable("unicompress")
+class LogWeightQuantizer(tfq.quantizers.Quantizer):
+    """Emulated logarithmic fake-quant: |w| -> S * base^-q, S = max|w| per output channel (kernel axis -1),
+    q in [0, 2^(b-1)-1]; values below the smallest level become zero. Straight-through gradient."""
+
+    def __init__(self, num_bits: int, base: float = 2.0, per_axis: bool = True):
+        self.num_bits, self.base, self.per_axis = int(num_bits), float(base), bool(per_axis)
+
+    def build(self, tensor_shape, name, layer):
+        return {}
+
+    def codes(self, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(q, sign with 0 for underflow, scale) of a kernel [in, out]."""
+        axes = list(range(len(w.shape) - 1)) if self.per_axis else None
+        scale = tf.maximum(tf.reduce_max(tf.abs(w), axis=axes, keepdims=True), np.finfo(np.float32).eps)
+        qmax = 2 ** (self.num_bits - 1) - 1
+        k = -tf.math.log(tf.abs(w) / scale) / np.log(self.base)
+        underflow = tf.logical_or(tf.logical_not(tf.math.is_finite(k)), k > qmax + 0.5)
+        q = tf.clip_by_value(tf.where(underflow, float(qmax), tf.round(k)), 0.0, float(qmax))
+        sign = tf.where(underflow, 0.0, tf.sign(w))
+        return q, sign, scale
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        q, sign, scale = self.codes(inputs)
+        out = sign * scale * tf.pow(self.base, -q)
+        return inputs + tf.stop_gradient(out - inputs)
+
+    def get_config(self) -> dict:
+        return {"num_bits": self.num_bits, "base": self.base, "per_axis": self.per_axis}
+
+
+@keras.utils.register_keras_serializable("unicompress")
+class DenseQuantizeConfig(tfq.QuantizeConfig):
+    """Kernel fake-quant as the spec says (per-axis = per output channel of [in, out]); optional output
+    activation fake-quant (qat); no activation quantizer inside Dense (our Dense layers are linear)."""
+
+    def __init__(self, bits: int, per_channel: bool, symmetric: bool, narrow_range: bool = True,
+                 activation_bits: Optional[int] = None, activation_symmetric: bool = False,
+                 mapping: str = "linear", base: float = 2.0):
+        self.bits, self.per_channel, self.symmetric = int(bits), bool(per_channel), bool(symmetric)
+        self.narrow_range, self.activation_bits = bool(narrow_range), activation_bits
+        self.activation_symmetric, self.mapping, self.base = bool(activation_symmetric), mapping, float(base)
+
+    def weight_quantizer(self):
+        if self.mapping == "log":
+            return LogWeightQuantizer(self.bits, self.base, self.per_channel)
+        # narrow_range only means something for the symmetric grid; asymmetric uses [0, 2^b - 1]
+        return tfq.quantizers.LastValueQuantizer(num_bits=self.bits, per_axis=self.per_channel,
+                                                 symmetric=self.symmetric,
+                                                 narrow_range=self.narrow_range and self.symmetric)
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.kernel, self.weight_quantizer())]
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.kernel = quantize_weights[0]
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        if self.activation_bits is None:
+            return []
+        return [tfq.quantizers.MovingAverageQuantizer(num_bits=self.activation_bits, per_axis=False,
+                                                      symmetric=self.activation_symmetric, narrow_range=False)]
+
+    def get_config(self) -> dict:
+        return {"bits": self.bits, "per_channel": self.per_channel, "symmetric": self.symmetric,
+                "narrow_range": self.narrow_range, "activation_bits": self.activation_bits,
+                "activation_symmetric": self.activation_symmetric, "mapping": self.mapping, "base": self.base}
+
+
+@keras.utils.register_keras_serializable("unicompress")
+class OutputQuantizeConfig(tfq.QuantizeConfig):
+    """For layers TFMOT refuses (LayerNormalization, custom layers): quantize the output only."""
+
+    def __init__(self, activation_bits: int = 8, activation_symmetric: bool = False):
+        self.activation_bits, self.activation_symmetric = int(activation_bits), bool(activation_symmetric)
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [tfq.quantizers.MovingAverageQuantizer(num_bits=self.activation_bits, per_axis=False,
+                                                      symmetric=self.activation_symmetric, narrow_range=False)]
+
+    def get_config(self) -> dict:
+        return {"activation_bits": self.activation_bits, "activation_symmetric": self.activation_symmetric}
+
+
+def quantize_scope():
+    """The scope quantize_apply needs to clone our configs and custom layers."""
+    return tfq.quantize_scope({**custom_objects(), "DenseQuantizeConfig": DenseQuantizeConfig,
+                               "OutputQuantizeConfig": OutputQuantizeConfig,
+                               "LogWeightQuantizer": LogWeightQuantizer})
+
+
+def annotate_and_apply(model: keras.Model, spec: QuantizationSpec) -> keras.Model:
+    """Annotate the selected Dense layers (and, in qat, LayerNormalization) and run quantize_apply."""
+    settings = {n: s for n, s in layer_settings(spec, selected_dense(model, spec)).items() if not s.skip}
+    if not settings:
+        raise QuantizationNotSupportedError("the selector and overrides leave no Dense layer to quantize")
+    qat = spec.mode is QuantMode.qat
+    act_sym = spec.activation_scheme is Scheme.symmetric
+
+    def clone(layer):
+        s = settings.get(layer.name)
+        if s is not None:
+            cfg = DenseQuantizeConfig(s.bits, s.per_channel, s.symmetric, spec.narrow_range,
+                                      spec.activation_bits if qat else None, act_sym, spec.mapping.value,
+                                      spec.log_base)
+            return tfq.quantize_annotate_layer(layer, quantize_config=cfg)
+        if qat and isinstance(layer, keras.layers.LayerNormalization):
+            return tfq.quantize_annotate_layer(layer, OutputQuantizeConfig(spec.activation_bits, act_sym))
+        return layer
+
+    with quantize_scope():
+        annotated = keras.models.clone_model(model, clone_function=clone)
+        quantized = tfq.quantize_apply(annotated)
+    sync_weight_ranges(quantized)
+    return quantized
+
+
+def sync_weight_ranges(model: keras.Model) -> None:
+    """Set every weight quantizer's min/max from the current weights (TFMOT does it on training calls;
+    LastValueQuantizer starts at [-6, 6], and the last optimizer step of QAT moved the weights after)."""
+    for wrapper in model.layers:
+        if isinstance(wrapper, QuantizeWrapper):
+            for weight, quantizer, qvars in wrapper._weight_vars:
+                quantizer(weight, True, weights=qvars)
+
+
+# ---- TFLite ------------------------------------------------------------------------------------------
+
+class TFLiteModel:
+    """A TFLite flatbuffer from the converter, with the float Keras model it was converted from
+    (for layer names and structure). `run` uses tf.lite.Interpreter's signature runner."""
+
+    def __init__(self, flatbuffer: bytes, keras_model: keras.Model, mode: str):
+        self.flatbuffer, self.keras_model, self.mode = flatbuffer, keras_model, mode
+        self._interpreter: Optional[tf.lite.Interpreter] = None
+
+    @property
+    def interpreter(self) -> tf.lite.Interpreter:
+        if self._interpreter is None:
+            self._interpreter = tf.lite.Interpreter(model_content=self.flatbuffer, num_threads=1)
+            self._interpreter.allocate_tensors()
+        return self._interpreter
+
+    def copy(self) -> "TFLiteModel":
+        return TFLiteModel(self.flatbuffer, L.copy_model(self.keras_model), self.mode)
+
+    def run(self, inputs: Inputs) -> np.ndarray:
+        runner = self.interpreter.get_signature_runner()
+        details = runner.get_input_details()
+        feeds = {k: np.asarray(inputs[k]).astype(d["dtype"]) for k, d in details.items()}
+        out = runner(**feeds)
+        return np.asarray(next(iter(out.values())), np.float32)
+
+    def quantized_weights(self) -> dict[str, QuantizedTensor]:
+        """Integer FULLY_CONNECTED weights ([out, in], as TFLite stores them) with scale and zero-point."""
+        it = self.interpreter
+        names = set(L.named_layers(self.keras_model))
+        details = {d["index"]: d for d in it.get_tensor_details()}
+        out = {}
+        for op in it._get_ops_details():
+            if op["op_name"] != "FULLY_CONNECTED":
+                continue
+            d = details[op["inputs"][1]]
+            if d["dtype"] not in (np.int8, np.uint8):
+                continue
+            layer = next((part for part in d["name"].split("/") if part in names), None)
+            if layer is None or layer in out:
+                continue
+            qp = d["quantization_parameters"]
+            # with per-channel switched off TFLite still stores one (equal) scale per row
+            per_channel = np.unique(qp["scales"]).size > 1
+            out[layer] = QuantizedTensor(
+                q=it.get_tensor(d["index"]).astype(np.int64),
+                scale=qp["scales"].astype(np.float64) if per_channel else np.float64(qp["scales"][0]),
+                zero_point=qp["zero_points"].astype(np.int64) if per_channel else np.int64(qp["zero_points"][0]),
+                bits=8, axis=0 if per_channel else None)
+        return out
+
+    def dequantized_weights(self, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        """Weights as the flatbuffer holds them: dequantized where quantized, else the float originals."""
+        weights = L.get_weights(self.keras_model, names)
+        for name, t in self.quantized_weights().items():
+            if name in weights:
+                weights[name] = t.dequantize().astype(np.float32)
+        return weights
+
+
+def tflite_quantize(model: keras.Model, spec: QuantizationSpec, data: Optional[TaskData]) -> TFLiteModel:
+    """Dynamic-range or full-int8 (representative dataset) conversion with the TFLite converter."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # the only per-tensor switch for Dense weights (an experimental converter attribute)
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = \
+        spec.granularity is QuantGranularity.per_tensor
+    if spec.mode is QuantMode.static:
+        if data is None:
+            raise QuantizationNotSupportedError("mode 'static' needs calibration data")
+        batches = data.calibration_batches(spec.calibration.num_batches)
+        if not batches:
+            raise QuantizationNotSupportedError("mode 'static' needs calibration data (none was given)")
+        dtypes = {t.name.split(":")[0]: t.dtype.as_numpy_dtype for t in model.inputs}
+
+        def representative():
+            for x in batches:
+                yield {k: np.asarray(x[k]).astype(dt) for k, dt in dtypes.items()}
+        converter.representative_dataset = representative
+    return TFLiteModel(converter.convert(), model, spec.mode.value)
+
+
+def _check_tflite(spec: QuantizationSpec) -> None:
+    problems = []
+    if spec.bits != 8 or spec.activation_bits != 8:
+        problems.append("TFLite quantizes to 8 bits only")
+    if spec.scheme is not Scheme.symmetric:
+        problems.append("TFLite int8 weights are symmetric")
+    if not spec.narrow_range:
+        problems.append("TFLite int8 weights use the narrow range [-127, 127]")
+    if spec.overrides:
+        problems.append("the TFLite converter has no per-layer settings (use mode qat or weight_only)")
+    if spec.mode is QuantMode.static and spec.calibration.method.value != "minmax":
+        problems.append("the TFLite calibrator uses min/max only")
+    if spec.mode is QuantMode.static and spec.activation_scheme is Scheme.symmetric:
+        problems.append("TFLite int8 activations are asymmetric")
+    if problems:
+        raise QuantizationNotSupportedError(f"mode {spec.mode.value!r}: " + "; ".join(problems))
+
+
+def apply_quantization(model: Any, spec: QuantizationSpec, data: Optional[TaskData], ctx: StageContext) -> Any:
+    """Quantize with TFMOT (qat, weight_only) or the TFLite converter (dynamic, static)."""
+    if not L.is_graph_model(model):
+        raise QuantizationNotSupportedError("TFMOT and the TFLite converter path need a functional or Sequential "
+                                            "tf_keras model")
+    if spec.mode in (QuantMode.dynamic, QuantMode.static):
+        if spec.mapping is Mapping.log:
+            raise QuantizationNotSupportedError("log mapping is weight_only/qat only")
+        _check_tflite(spec)
+        # the converter has no layer selection: every Dense (classifier and pooler too) becomes int8
+        return tflite_quantize(model, spec, data)
+    quantized = annotate_and_apply(model, spec)
+    if spec.mode is QuantMode.qat:
+        train(quantized, data, spec.training, ctx, description="qat")
+        sync_weight_ranges(quantized)
+    return quantized
+
+
+# ---- reading back what the toolkit produced ----------------------------------------------------------
+
+def _qat_tensor(weight: tf.Variable, quantizer: Any, qvars: dict) -> QuantizedTensor:
+    """Integers of a fake-quantized kernel from TFMOT's min/max variables (TF's nudged grid)."""
+    if isinstance(quantizer, LogWeightQuantizer):
+        q, sign, scale = (t.numpy() for t in quantizer.codes(weight))
+        per = quantizer.per_axis
+        return QuantizedTensor(q=q.T.astype(np.int64), scale=scale.reshape(-1) if per else np.float64(scale.max()),
+                               zero_point=np.zeros(scale.size if per else (), np.int64), bits=quantizer.num_bits,
+                               axis=0 if per else None, mapping="log", sign=sign.T.astype(np.int8),
+                               base=quantizer.base)
+    bits, narrow, per_axis = quantizer.num_bits, quantizer.narrow_range, quantizer.per_axis
+    lo, hi = qvars["min_var"].numpy().astype(np.float64), qvars["max_var"].numpy().astype(np.float64)
+    w = weight.numpy()
+    if per_axis:
+        fq = tf.quantization.fake_quant_with_min_max_vars_per_channel(w, lo.astype(np.float32), hi.astype(np.float32),
+                                                                      num_bits=bits, narrow_range=narrow).numpy()
+    else:
+        fq = tf.quantization.fake_quant_with_min_max_vars(w, float(lo), float(hi), num_bits=bits,
+                                                          narrow_range=narrow).numpy()
+    qmin_tf, qmax_tf = (1 if narrow else 0), 2 ** bits - 1
+    scale = (hi - lo) / (qmax_tf - qmin_tf)
+    zp_tf = np.clip(np.round(qmin_tf - lo / scale), qmin_tf, qmax_tf)
+    nudged_min = (qmin_tf - zp_tf) * scale
+    code = np.rint((fq - nudged_min) / scale) + qmin_tf  # TF's integer level of each value
+    if quantizer.symmetric:
+        q, zp = code - zp_tf, np.zeros_like(zp_tf)
+    else:
+        q, zp = code - qmin_tf, zp_tf - qmin_tf
+    return QuantizedTensor(q=q.T.astype(np.int64), scale=scale if per_axis else np.float64(scale),
+                           zero_point=zp.astype(np.int64) if per_axis else np.int64(zp), bits=bits,
+                           axis=0 if per_axis else None)
+
+
+def quantized_weights(model: Any) -> dict[str, QuantizedTensor]:
+    """{layer name: integers + scale + zero-point} of every quantized layer, neutral [out, in] layout."""
+    if isinstance(model, TFLiteModel):
+        return model.quantized_weights()
+    out = {}
+    if not L.is_graph_model(model):
+        return out
+    for wrapper in model.layers:
+        if isinstance(wrapper, QuantizeWrapper) and isinstance(wrapper.layer, keras.layers.Dense):
+            for weight, quantizer, qvars in wrapper._weight_vars:
+                out[wrapper.layer.name] = _qat_tensor(weight, quantizer, qvars)
+    return out
+
+
+def describe(model: Any) -> list[LayerStats]:
+    """Per-layer stats; bits from the quantized tensors where there are some."""
+    bits = {n: t.bits for n, t in quantized_weights(model).items()}
+    if isinstance(model, TFLiteModel):
+        stats = L.describe(model.keras_model, bits)
+        weights = model.dequantized_weights([s.name for s in stats])
+        for s in stats:
+            s.nonzero = int(np.count_nonzero(weights[s.name]))
+        return stats
+    return L.describe(model, bits)

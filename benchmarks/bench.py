@@ -1,0 +1,379 @@
+"""Benchmark every example scenario on every backend, in one run, against the uncompressed model.
+
+    python benchmarks/bench.py --smoke                       # tiny-bert, 4 steps: seconds per scenario (CI)
+    python benchmarks/bench.py --backends torch --scenarios int8_static
+    python benchmarks/bench.py                               # full size: fine-tuned MiniLM on BBC News
+
+For each (backend, scenario) a fresh worker process (so peak memory is the run's own, and TensorFlow
+and Paddle never share a process) builds the recipe's model, compresses it with `unicompress.compress`
+and measures the model before and after on one runtime: test accuracy (framework and ONNX Runtime),
+parameters, non-zeros, ONNX file size, ONNX Runtime latency at batch 1 and 32 (length 128 at full size,
+2 intra-op threads, median of --runs), peak memory and compression time. Ratios are against the
+uncompressed model measured in the same worker.
+
+Then the abstraction's cost (`--overhead`, on by default): for each scenario, `unicompress.compress`
+(evaluation and export off) against the direct native call -- the backend's handler for each stage
+applied to a copy, which is exactly the toolkit call unicompress makes -- and, for torch, against
+plain `torch.nn.utils.prune.l1_unstructured` on the same layers: the same result (logits compared) and
+the time ratio (median of --overhead-repeats for one-shot scenarios).
+
+Writes (atomically) under --out (default benchmarks/results, or benchmarks/results/smoke):
+results.json, results.md (tables) and results.png (accuracy against size and latency).
+A scenario a backend does not declare is recorded as 'unsupported' with the reason, not run.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
+
+
+sys.path.insert(0, str(ROOT / "examples"))
+import run_example as examples  # noqa: E402  (a script folder, not a package)
+
+measure = examples.measure
+SCENARIOS = tuple(Path(name).stem for name in examples.EXAMPLE_FILES)
+
+
+# ---- worker: one (backend, scenario) in its own process ----------------------------------------------
+def worker(backend: str, scenario: str, smoke: bool, runs: int, overhead: bool, repeats: int, workdir: Path) -> dict:
+    """Compress one scenario and measure it (runs inside the worker process)."""
+    recipe = examples.load_example(examples.EXAMPLES / f"{scenario}.yaml", backend, smoke)
+    row: dict[str, Any] = {"backend": backend, "scenario": scenario, "recipe": recipe.name, "smoke": smoke}
+    summary = examples.run(recipe, workdir / "run", runs=runs, progress=False)
+    row.update(summary)
+    row["ratios"] = {
+        "size": measure.ratio(summary["before"]["onnx_mb"], summary["after"]["onnx_mb"]),
+        "params": measure.ratio(summary["before"]["params"], summary["after"]["params"]),
+        "nonzero": measure.ratio(summary["before"]["nonzero"], summary["after"]["nonzero"]),
+        "latency_b1": measure.ratio(summary["before"]["latency_b1_ms"], summary["after"]["latency_b1_ms"]),
+        "latency_b32": measure.ratio(summary["before"]["latency_b32_ms"], summary["after"]["latency_b32_ms"]),
+        "accuracy_delta": _delta(summary["before"].get("onnx_accuracy"), summary["after"].get("onnx_accuracy")),
+    }
+    if overhead:
+        row["overhead"] = abstraction_overhead(recipe, repeats)
+    row["status"] = "ok"
+    return row
+
+
+def interleaved(first, second, repeats: int) -> tuple[list[float], list[float], Any, Any]:
+    """Time `first()` and `second()` alternately `repeats` times (machine load drifts hit both alike);
+    returns both lists of seconds and the last result of each."""
+    t_first, t_second, out_first, out_second = [], [], None, None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out_first = first()
+        t_first.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out_second = second()
+        t_second.append(time.perf_counter() - t0)
+    return t_first, t_second, out_first, out_second
+
+
+def _delta(before: Optional[float], after: Optional[float]) -> Optional[float]:
+    return None if before is None or after is None else after - before
+
+
+def _logits(adapter, model, data) -> Any:
+    import numpy as np
+
+    x, _ = next(iter(data.evaluation()))
+    return np.asarray(adapter.run(model, x))
+
+
+def abstraction_overhead(recipe, repeats: int) -> dict:
+    """unicompress.compress against the backend's handlers called directly on a copy (same specs, same data)."""
+    import numpy as np
+
+    import unicompress as uc
+    from unicompress.backend.adapter import StageContext
+
+    adapter, model, data = examples.prepare(recipe, build_missing=True, progress=False)
+    plain = uc.load_recipe({**recipe.model_dump(mode="json"), "evaluate": False, "export": None})
+    trains = any(getattr(s, "training", None) is not None and (s.technique != "pruning" or s.trains)
+                 for s in plain.stages)
+    n = 1 if trains else repeats
+
+    def direct():
+        working = adapter.copy(model)
+        for i, stage in enumerate(plain.stages):
+            ctx = StageContext(stage_index=i)
+            if stage.technique == "distillation":
+                ctx.teacher = adapter.copy(working)
+            working = adapter.apply(working, stage, data, ctx)
+        return working
+
+    def via_unicompress():
+        return uc.compress(model, plain, data, backend=adapter.name, progress=False).model
+
+    t_direct, t_uc, out_direct, out_uc = interleaved(direct, via_unicompress, n)
+    a, b = _logits(adapter, out_direct, data), _logits(adapter, out_uc, data)
+    result = {"direct_s": statistics.median(t_direct), "unicompress_s": statistics.median(t_uc), "repeats": n,
+              "direct_min_s": min(t_direct), "unicompress_min_s": min(t_uc),
+              "max_abs_logit_diff": float(np.max(np.abs(a - b))), "same_predictions": bool((a.argmax(-1) ==
+                                                                                             b.argmax(-1)).all())}
+    result["time_ratio"] = result["unicompress_s"] / result["direct_s"] if result["direct_s"] else None
+    result["overhead_pct"] = (result["time_ratio"] - 1) * 100 if result["time_ratio"] else None
+    return result
+
+
+def torch_native_pruning(smoke: bool, repeats: int) -> dict:
+    """50% unstructured magnitude pruning: unicompress.prune against torch.nn.utils.prune.l1_unstructured
+    applied by hand to the same layers (same masks expected, time ratio)."""
+    import numpy as np
+    import torch
+    from torch.nn.utils import prune
+
+    import unicompress as uc
+
+    recipe = examples.load_example(examples.EXAMPLES / "int8_static.yaml", "torch", smoke)
+    adapter, model, data = examples.prepare(recipe, build_missing=True, progress=False)
+    spec = uc.PruningSpec(granularity="unstructured", sparsity=0.5)
+    names = [layer.name for layer in spec.selector.select(adapter.layers(model))]
+
+    def native():
+        m = copy.deepcopy(model)
+        modules = dict(m.named_modules())
+        for name in names:
+            prune.l1_unstructured(modules[name], "weight", amount=0.5)
+            prune.remove(modules[name], "weight")
+        return m
+
+    def via_unicompress():
+        return uc.compress(model, spec, data, backend="torch", progress=False).model
+
+    t_native, t_uc, m_native, m_uc = interleaved(native, via_unicompress, repeats)
+    with torch.no_grad():
+        wn = {n: dict(m_native.named_modules())[n].weight.numpy() for n in names}
+        wu = {n: dict(m_uc.named_modules())[n].weight.numpy() for n in names}
+    same_masks = all(np.array_equal(wn[n] == 0, wu[n] == 0) for n in names)
+    a, b = _logits(adapter, m_native, data), _logits(adapter, m_uc, data)
+    native_s, uc_s = statistics.median(t_native), statistics.median(t_uc)
+    # where the difference goes: the core calls describe() before, after each stage and at the end,
+    # and layers() for the selector check; the user's copy is made by both paths
+    parts = {}
+    for label, fn in (("describe_s", lambda: adapter.describe(model)), ("layers_s", lambda: adapter.layers(model)),
+                      ("copy_s", lambda: adapter.copy(model))):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        parts[label] = min(times)
+    return {"spec": "pruning unstructured 50% magnitude, per layer", "layers": len(names), "repeats": repeats,
+            "native_s": native_s, "unicompress_s": uc_s, "time_ratio": uc_s / native_s,
+            "native_min_s": min(t_native), "unicompress_min_s": min(t_uc),
+            "min_time_ratio": min(t_uc) / min(t_native), "overhead_pct": (uc_s / native_s - 1) * 100,
+            "same_masks": same_masks, "max_abs_logit_diff": float(np.max(np.abs(a - b))), "core_parts": parts}
+
+
+def measure_row(backend: str, scenario: str, args: argparse.Namespace, workdir: Path) -> dict:
+    """One row of the results; a failure becomes a row with the error (one failing scenario hides no other)."""
+    try:
+        if scenario == "torch-native-pruning":
+            row = {"backend": "torch", "scenario": scenario, "status": "ok",
+                   "native_comparison": torch_native_pruning(args.smoke, args.overhead_repeats)}
+        else:
+            row = worker(backend, scenario, args.smoke, args.runs, not args.no_overhead, args.overhead_repeats,
+                         workdir)
+    except Exception as exc:
+        import traceback
+        row = {"backend": backend, "scenario": scenario, "status": "failed",
+               "error": f"{type(exc).__name__}: {exc}"[:2000], "traceback": traceback.format_exc()[-4000:]}
+    row["peak_rss_mb"] = measure.peak_rss_mb()
+    return row
+
+
+def _worker_main(args: argparse.Namespace) -> int:
+    from unicompress.fileio import atomic_write_text
+
+    workdir = Path(args.workdir)
+    row = measure_row(args.backend, args.scenario, args, workdir)
+    atomic_write_text(workdir / "row.json", json.dumps(row, indent=2, default=str))
+    return 0
+
+
+# ---- parent: plan, spawn workers, collect, write --------------------------------------------------------
+def capability_problems(backend: str, scenario: str) -> Optional[str]:
+    """Why `backend` cannot run `scenario` (None when it declares every stage)."""
+    matrix = examples.support_matrix([examples.EXAMPLES / f"{scenario}.yaml"], (backend,))
+    problems = matrix[f"{scenario}.yaml"][backend]
+    return "; ".join(problems) if problems else None
+
+
+def run_one(backend: str, scenario: str, args: argparse.Namespace) -> dict:
+    """Spawn a worker for one (backend, scenario) and return its row."""
+    with tempfile.TemporaryDirectory(prefix="uc-bench-") as tmp:
+        if args.in_process:  # tests and debugging: no isolation, peak memory is this process's
+            t0 = time.perf_counter()
+            row = measure_row(backend, scenario, args, Path(tmp))
+            row["wall_s"] = time.perf_counter() - t0
+            return row
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backend", backend,
+               "--scenario", scenario, "--workdir", tmp, "--runs", str(args.runs),
+               "--overhead-repeats", str(args.overhead_repeats)]
+        cmd += ["--smoke"] if args.smoke else []
+        cmd += ["--no-overhead"] if args.no_overhead else []
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TF_USE_LEGACY_KERAS": "1",
+               "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": str(args.threads)}
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+        row_path = Path(tmp) / "row.json"
+        if row_path.exists():
+            row = json.loads(row_path.read_text())
+        else:
+            row = {"backend": backend, "scenario": scenario, "status": "failed",
+                   "error": f"worker exited {proc.returncode}: {proc.stderr[-1500:]}"}
+        row["wall_s"] = time.perf_counter() - t0
+    return row
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    """Every requested (backend, scenario), then the torch native comparison; returns the results document."""
+    rows = []
+    for backend in args.backends:
+        for scenario in args.scenarios:
+            reason = capability_problems(backend, scenario)
+            if reason is not None:
+                rows.append({"backend": backend, "scenario": scenario, "status": "unsupported", "reason": reason})
+                print(f"[bench] {backend:10s} {scenario:24s} unsupported: {reason[:100]}", flush=True)
+                continue
+            row = run_one(backend, scenario, args)
+            rows.append(row)
+            print(f"[bench] {backend:10s} {scenario:24s} {row['status']} ({row.get('wall_s', 0):.0f} s)"
+                  + (f": {row.get('error', '')[:200]}" if row["status"] != "ok" else ""), flush=True)
+    native = None
+    from unicompress.backend import available_backends
+
+    if "torch" in args.backends and "torch" in available_backends() and not args.no_overhead:
+        native = run_one("torch", "torch-native-pruning", args)
+    return {"smoke": args.smoke, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version(), "threads": args.threads},
+            "settings": {"runs": args.runs, "ort_intra_op_threads": 2, "batches": [1, 32],
+                         "sequence_length": 32 if args.smoke else 128},
+            "rows": rows, "native_comparison": native}
+
+
+def markdown(doc: dict) -> str:
+    """The results as Markdown tables: measurements, ratios, and the abstraction's cost."""
+    from unicompress.report import markdown_table
+
+    out = [f"# unicompress benchmarks{' (smoke: tiny-bert, accuracy meaningless)' if doc['smoke'] else ''}", "",
+           f"Created {doc['created']} on {doc['machine']['platform']} ({doc['machine']['cpu_count']} CPUs). "
+           f"ONNX Runtime, {doc['settings']['ort_intra_op_threads']} intra-op threads, median of "
+           f"{doc['settings']['runs']} runs, sequence length {doc['settings']['sequence_length']}. Ratios are "
+           "against the uncompressed model measured in the same worker.", ""]
+    rows = []
+    for r in doc["rows"]:
+        if r["status"] != "ok":
+            rows.append((r["backend"], r["scenario"], r["status"] + ": " + (r.get("reason") or r.get("error", ""))[:90],
+                         *[""] * 8))
+            continue
+        b, a, q = r["before"], r["after"], r["ratios"]
+        rows.append((r["backend"], r["scenario"], "ok",
+                     f"{b['onnx_accuracy']:.4f} -> {a['onnx_accuracy']:.4f}",
+                     f"{b['params']:,} -> {a['params']:,}",
+                     f"{b['onnx_mb']:.1f} -> {a['onnx_mb']:.1f} ({q['size']:.2f}x)",
+                     f"{b['latency_b1_ms']:.2f} -> {a['latency_b1_ms']:.2f} ({q['latency_b1']:.2f}x)",
+                     f"{b['latency_b32_ms']:.1f} -> {a['latency_b32_ms']:.1f} ({q['latency_b32']:.2f}x)",
+                     f"{r['compress_seconds']:.1f}", f"{r['peak_rss_mb']:.0f}",
+                     _overhead_cell(r.get("overhead"))))
+    out.append(markdown_table(("backend", "scenario", "status", "accuracy (ORT)", "parameters", "ONNX MB",
+                               "latency b1 ms", "latency b32 ms", "compress s", "peak MB", "vs direct call"), rows))
+    native = doc.get("native_comparison")
+    if native and native.get("status") == "ok":
+        n = native["native_comparison"]
+        out += ["", "## unicompress against the native toolkit called by hand (torch)", "",
+                markdown_table(("spec", "layers", "torch.nn.utils.prune s (median / min)",
+                                "unicompress s (median / min)", "time ratio (median / min)", "same masks",
+                                "max |logit diff|"),
+                               [(n["spec"], str(n["layers"]), f"{n['native_s']:.4f} / {n['native_min_s']:.4f}",
+                                 f"{n['unicompress_s']:.4f} / {n['unicompress_min_s']:.4f}",
+                                 f"{n['time_ratio']:.3f} / {n['min_time_ratio']:.3f}", str(n["same_masks"]),
+                                 f"{n['max_abs_logit_diff']:.2e}")]),
+                "", "Core calls per run: describe() " + f"{n['core_parts']['describe_s'] * 1e3:.1f} ms x 3, "
+                f"layers() {n['core_parts']['layers_s'] * 1e3:.1f} ms; the copy both paths make: "
+                f"{n['core_parts']['copy_s'] * 1e3:.1f} ms."]
+    elif native:
+        out += ["", f"Native comparison failed: {native.get('error', '')[:300]}"]
+    out += ["", "'vs direct call': unicompress.compress (evaluation and export off) against the backend's stage "
+            "handlers applied to a copy -- the same native toolkit calls without the core's checks, copies "
+            "and per-stage descriptions; time ratio of medians / of minima (same result?). On a shared machine the "
+            "minima are the steadier estimate of the intrinsic cost.", ""]
+    return "\n".join(out)
+
+
+def _overhead_cell(o: Optional[dict]) -> str:
+    if not o:
+        return ""
+    same = "same" if o["max_abs_logit_diff"] <= 1e-5 else f"diff {o['max_abs_logit_diff']:.1e}"
+    mins = o["unicompress_min_s"] / o["direct_min_s"] if o.get("direct_min_s") else float("nan")
+    return f"{o['time_ratio']:.3f}x / {mins:.3f}x ({same})"
+
+
+def write_results(doc: dict, out: Path) -> dict[str, Path]:
+    """results.json, results.md and results.png under `out`, each written atomically."""
+    from unicompress.fileio import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"json": atomic_write_text(out / "results.json", json.dumps(doc, indent=2, default=str) + "\n"),
+               "markdown": atomic_write_text(out / "results.md", markdown(doc))}
+    ok = [r for r in doc["rows"] if r["status"] == "ok"]
+    if ok:
+        summaries = [{"recipe": r["scenario"], "backend": r["backend"], "before": r["before"], "after": r["after"]}
+                     for r in ok]
+        png = examples.plot_tradeoff(summaries, out / "results.png",
+                                     "unicompress benchmarks" + (" (smoke)" if doc["smoke"] else ""))
+        if png is not None:
+            written["png"] = png
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny-bert, 4 steps, few articles: seconds per scenario")
+    p.add_argument("--backends", type=lambda s: s.split(","), default=list(examples.BACKENDS))
+    p.add_argument("--scenarios", type=lambda s: s.split(","), default=list(SCENARIOS))
+    p.add_argument("--runs", type=int, default=None, help="timed ORT runs per latency (default 7, smoke 3)")
+    p.add_argument("--threads", type=int, default=2, help="framework threads in each worker")
+    p.add_argument("--out", type=Path, help="results folder")
+    p.add_argument("--no-overhead", action="store_true", help="skip the unicompress-vs-direct-call timing")
+    p.add_argument("--overhead-repeats", type=int, default=None, help="repeats of one-shot timings (default 5, smoke 3)")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every scenario in this process (for tests: no isolation, shared peak memory)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--backend", help=argparse.SUPPRESS)
+    p.add_argument("--scenario", help=argparse.SUPPRESS)
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.runs = args.runs or (3 if args.smoke else 7)
+    args.overhead_repeats = args.overhead_repeats or (3 if args.smoke else 5)
+    if args.worker:
+        return _worker_main(args)
+    unknown = sorted(set(args.scenarios) - set(SCENARIOS))
+    if unknown:
+        p.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+    out = args.out or (DEFAULT_OUT / "smoke" if args.smoke else DEFAULT_OUT)
+    doc = run_all(args)
+    written = write_results(doc, out)
+    print(markdown(doc))
+    print("written: " + ", ".join(str(v) for v in written.values()))
+    return 0 if all(r["status"] in ("ok", "unsupported") for r in doc["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

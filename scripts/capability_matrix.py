@@ -1,0 +1,40 @@
+#!/usr/bin/env python
+"""Turn the conformance report (JSON) into the README capability matrix (Markdown).
+
+Usage::
+
+    pytest conformance_tests                       # writes build/conformance/conformance.json
+    python scripts/capability_matrix.py build/conformance/conformance.json --out docs/capability_matrix.md
+
+Without --out the matrix is printed. Cells: pass / **FAIL** / - (not claimed) / "passes, not claimed".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("report", type=Path, nargs="?", default=Path("build/conformance/conformance.json"))
+    parser.add_argument("--out", type=Path, default=None, help="write the Markdown here (atomically)")
+    args = parser.parse_args(argv)
+    from unicompress.conformance.report import capability_matrix_markdown, cross_markdown
+
+    data = json.loads(args.report.read_text())
+    text = capability_matrix_markdown(data)
+    if data.get("cross_backend"):
+        text += "\n### Cross-backend agreement\n\n" + cross_markdown(data["cross_backend"])
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        from unicompress.fileio import atomic_write_text
+
+        atomic_write_text(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Self-tests of the conformance suite's numpy side: the pattern helpers, the case library, the report.
+
+These need no framework; the mutant tests (test_conformance_mutants.py) run the checks on a real adapter.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from unicompress import reference as ref
+from unicompress.conformance import checks
+from unicompress.conformance.cases import (CASES, CASES_BY_ID, Case, cases_for_row, eval_inputs, row_id, rows_of,
+                                           task_data, uncovered_rows, universe)
+from unicompress.conformance.contract import poisoned, unknown_claims
+from unicompress.backend import Capabilities, Support, build_table
+from unicompress.specs import PruningSpec, QuantizationSpec
+
+
+def test_every_row_of_the_universe_has_a_case():
+    assert uncovered_rows() == []
+    assert len(universe()) == 70  # 5+4+2+2+2+1 pruning, 4+15+15+2+2+2+3+1 quantization, 3+2+1, 2, 2
+
+
+def test_universe_follows_the_spec_definitions():
+    rows = set(universe())
+    assert ("quantization", "bits", "2") in rows and ("quantization", "bits", "16") in rows
+    assert ("quantization", "bits", "17") not in rows
+    assert ("pruning", "scope", "global") in rows and ("pruning", "remove_pruned", "true") in rows
+
+
+def test_cases_name_existing_checks_and_unique_ids():
+    assert len(CASES_BY_ID) == len(CASES)
+    for case in CASES:
+        unknown = set(case.checks) - set(checks.CHECKS)
+        assert not unknown, (case.id, unknown)
+        assert case.exercises, case.id
+
+
+def test_case_rows_come_from_the_spec():
+    case = CASES_BY_ID["pruning/nm-2-4"]
+    assert ("pruning", "granularity", "n_m") in case.exercises
+    assert set(rows_of(PruningSpec(granularity="n_m", n=2, m=4))) == case.exercises
+    ft = CASES_BY_ID["finetune/after-pruning"]
+    assert ("pruning", "granularity", "unstructured") in ft.requires - ft.exercises
+
+
+def test_cases_for_row_puts_the_simplest_first():
+    found = cases_for_row(("quantization", "overrides", "true"))
+    assert [c.id for c in found] == ["quantization/overrides-mixed"]
+    nm = cases_for_row(("pruning", "granularity", "n_m"))
+    assert nm and all(("pruning", "granularity", "n_m") in c.exercises for c in nm)
+
+
+def test_task_data_is_deterministic_and_labelled():
+    a, b = task_data("tiny-bert"), task_data("tiny-bert")
+    (xa, ya), (xb, yb) = next(iter(a.train())), next(iter(b.train()))
+    assert np.array_equal(xa["input_ids"], xb["input_ids"]) and np.array_equal(ya, yb)
+    assert ya.dtype == np.int64 and set(np.unique(ya)) <= {0, 1, 2}
+    assert sum(1 for _ in a.train()) == 64
+    vit = next(iter(task_data("tiny-vit").calibration()))
+    assert vit["pixel_values"].shape == (8, 28, 28)
+    assert eval_inputs("tiny-bert")["attention_mask"][-1].sum() < 16  # padded rows in held-out inputs
+
+
+def test_nm_violations_counts_groups_short_of_zeros():
+    w = np.arange(1, 17, dtype=np.float32).reshape(2, 8)
+    assert checks.nm_violations(w, 2, 4) == 4
+    w2 = w * ref.nm_mask(w, 2, 4)
+    assert checks.nm_violations(w2, 2, 4) == 0
+    w2[0, 0] = w2[0, 1] = 5.0  # first group now has no zeros... or one
+    assert checks.nm_violations(w2, 2, 4) == 1
+
+
+def test_partial_blocks_and_whole_rows():
+    w = np.ones((4, 4), np.float32)
+    w[:2, :2] = 0
+    assert checks.partial_blocks(w, (2, 2)) == 0
+    w[2, 2] = 0
+    assert checks.partial_blocks(w, (2, 2)) == 1
+    keep, partial = checks.whole_rows(np.array([[0, 0], [1, 2], [0, 3]], np.float32))
+    assert keep.tolist() == [False, True, True] and partial == 1
+
+
+def test_match_rows_finds_the_surviving_rows():
+    before = np.arange(12, dtype=np.float32).reshape(4, 3)
+    assert checks.match_rows(before[[0, 2]], before).tolist() == [True, False, True, False]
+    assert checks.match_rows(before[[0, 2]] + 1.0, before) is None
+
+
+def test_schedule_errors_allow_one_step_of_slack():
+    hist = [(s, ref.polynomial_sparsity(s + 1, 0.6, 0.0, 0, 10, 3.0)) for s in range(0, 11, 2)]
+    errs = checks.schedule_errors(hist, 0.6, 0.0, 0, 10, 3.0)
+    assert max(abs(v - e) for _, v, e in errs) < 1e-12
+    off = [(s, v + 0.1) for s, v in hist]
+    assert max(abs(v - e) for _, v, e in checks.schedule_errors(off, 0.6, 0.0, 0, 10, 3.0)) > 0.05
+
+
+def test_loss_fell_compares_quarters():
+    assert checks.loss_fell([(i, 2.0 - 0.1 * i) for i in range(8)], 0.02)[0]
+    assert not checks.loss_fell([(i, 1.0) for i in range(8)], 0.02)[0]
+    assert not checks.loss_fell([(i, 1.0 + 0.1 * i) for i in range(8)], 0.0)[0]
+
+
+def test_kl_divergence_is_zero_for_equal_logits_and_positive_otherwise():
+    t = np.array([[1.0, 2.0, 0.5]])
+    assert checks.kl_divergence(t, t) == pytest.approx(0.0, abs=1e-12)
+    # p = (1/2, 1/2), q = (1/4, 3/4): KL = ln(4/3) / 2
+    assert checks.kl_divergence(np.zeros((1, 2)), np.array([[0.0, np.log(3.0)]])) == pytest.approx(0.5 * np.log(4 / 3))
+
+
+def test_effective_quant_applies_the_first_matching_override():
+    spec = QuantizationSpec(mode="weight_only", overrides=[{"pattern": "*.ffn*", "bits": 4},
+                                                           {"pattern": "*.skip", "skip": True}])
+    assert checks.effective_quant(spec, "l0.ffn.in") == {"bits": 4, "symmetric": True, "per_channel": True}
+    assert checks.effective_quant(spec, "l0.skip") is None
+    assert checks.effective_quant(spec, "l0.attn")["bits"] == 8
+
+
+def test_numerical_rank():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(16, 3)) @ rng.normal(size=(3, 12))
+    assert checks.numerical_rank(w) == 3
+
+
+def test_unknown_claims_catch_typos():
+    caps = Capabilities("x", build_table([("quantization", "granularity", ["per-channel", "per_tensor"],
+                                           Support.native)]))
+    assert unknown_claims(caps) == ["quantization.granularity=per-channel"]
+
+
+def test_poisoned_data_raises_part_way():
+    data = poisoned(task_data("tiny-bert"), good_batches=2)
+    it = iter(data.train())
+    next(it), next(it)
+    with pytest.raises(RuntimeError, match="poisoned"):
+        next(it)
+
+
+def test_report_markdown_and_matrix_from_data(tmp_path):
+    from unicompress.conformance.report import capability_matrix_markdown, to_markdown, write_report
+
+    data = {"generated": "now", "unicompress": "0", "universe": ["pruning.granularity=n_m", "low_rank.by=rank"],
+            "backends": {"a": {"rows": {"pruning.granularity=n_m": {"status": "pass", "support": "emulated",
+                                                                    "detail": "", "cases": []},
+                                        "low_rank.by=rank": {"status": "passes but not claimed",
+                                                             "support": "unsupported", "detail": "x", "cases": []}},
+                               "tests": {"passed": 3}, "row_totals": {"pass": 1}, "cases": {}, "contract": {}}},
+            "cross_backend": None, "tests": {}}
+    matrix = capability_matrix_markdown(data)
+    assert "| `pruning.granularity=n_m` | pass (emulated) |" in matrix
+    assert "passes, not claimed" in matrix
+    written = write_report(data, tmp_path)
+    assert json.loads(written["json"].read_text())["backends"]["a"]["tests"] == {"passed": 3}
+    assert "# unicompress conformance report" in written["markdown"].read_text()
+    assert "low_rank.by=rank" in to_markdown(data)
+
+
+def test_capability_matrix_script(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = {"universe": ["low_rank.by=rank"], "backends": {"b": {"rows": {"low_rank.by=rank": {
+        "status": "fail", "support": "native"}}}}}
+    src = tmp_path / "c.json"
+    src.write_text(json.dumps(data))
+    out = tmp_path / "matrix.md"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "capability_matrix.py"
+    subprocess.run([sys.executable, str(script), str(src), "--out", str(out)], check=True)
+    assert "| `low_rank.by=rank` | **FAIL** |" in out.read_text()
+
+
+def test_xfail_file_loads_pattern_to_reason(tmp_path):
+    from unicompress.conformance.plugin import load_xfail
+
+    f = tmp_path / "x.yaml"
+    f.write_text('"torch/quantization/*/qparams": "observer is moving-average"\n')
+    assert load_xfail(str(f)) == {"torch/quantization/*/qparams": "observer is moving-average"}
+    assert load_xfail(None) == {}
+
+
+def test_row_id_format():
+    assert row_id(("pruning", "schedule.kind", "polynomial")) == "pruning.schedule.kind=polynomial"
+    assert isinstance(CASES[0], Case)

@@ -1,0 +1,48 @@
+"""The benchmark's smoke mode runs end to end on torch and writes consistent results (tiny-bert, seconds)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("tokenizers")
+pytest.importorskip("matplotlib")
+
+from unicompress.backend import available_backends  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.bench
+
+
+def _bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # a folder of scripts, not a package
+    import bench
+    return bench
+
+
+def test_smoke_benchmark_measures_a_structured_pruning_run(tmp_path, monkeypatch):
+    if "torch" not in available_backends():
+        pytest.skip("the torch adapter is not installed")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bench = _bench()
+    status = bench.main(["--smoke", "--in-process", "--backends", "torch", "--scenarios", "prune_heads_ffn",
+                         "--runs", "1", "--overhead-repeats", "1", "--out", str(tmp_path)])
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert status == 0 and doc["smoke"] is True
+    (row,) = doc["rows"]
+    assert row["status"] == "ok", row.get("error")
+    before, after = row["before"], row["after"]
+    # tiny-bert: 2 layers x (4 heads of 8 + 64 FFN neurons); half of each removed
+    assert after["params"] < before["params"] and after["params"] == after["nonzero"]
+    assert row["ratios"]["params"] == pytest.approx(before["params"] / after["params"])
+    assert before["onnx_mb"] > after["onnx_mb"] > 0
+    assert all(row[k][f"latency_b{b}_ms"] > 0 for k in ("before", "after") for b in (1, 32))
+    assert 0 <= after["onnx_accuracy"] <= 1 and row["compress_seconds"] > 0 and row["peak_rss_mb"] > 0
+    # unicompress and the direct handler calls give the same model
+    assert row["overhead"]["max_abs_logit_diff"] <= 1e-5 and row["overhead"]["time_ratio"] > 0
+    native = doc["native_comparison"]["native_comparison"]
+    assert native["same_masks"] is True and native["max_abs_logit_diff"] == 0.0
+    md = (tmp_path / "results.md").read_text()
+    assert "prune_heads_ffn" in md and "torch.nn.utils.prune" in md
+    assert (tmp_path / "results.png").stat().st_size > 1000

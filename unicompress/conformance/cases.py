@@ -1,0 +1,321 @@
+"""The case library: every case is code — a zoo model, a spec, the checks that judge it, its tolerances.
+
+A case declares the capability rows (technique, field, value) it exercises: the rows of its spec
+(`spec.capability_items()`), so a backend runs it only when it claims all of them (and probes it
+otherwise). `universe()` lists every row the core's specs can produce; the library covers all of them
+(a self-test asserts it).
+
+Example::
+
+    from unicompress.conformance.cases import CASES, cases_for_row
+    [c.id for c in cases_for_row(("pruning", "granularity", "n_m"))]
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+
+from ..backend.capabilities import _key
+from ..backend.types import TaskData
+from ..specs import (DistillationSpec, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec, SpecModel,
+                     TrainingSpec)
+from ..specs.distillation import DistillKind, FeatureLoss
+from ..specs.pruning import Criterion, Granularity, Norm, ScheduleKind, Scope
+from ..specs.quantization import CalibrationMethod, Mapping, QuantGranularity, QuantMode, Scheme
+from ..specs.training import DistributedStrategy
+
+Row = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a backend may be from the reference before a check fails. Override per case with `tol(...)`."""
+
+    sparsity: float = 0.01  # |achieved - target| per layer and overall (units: fraction)
+    mask_disagreement: float = 0.0  # fraction of positions allowed to differ from the reference mask (ties)
+    schedule: float = 0.03  # |logged sparsity - polynomial(step)|, with one step of slack either side
+    scale_rtol: float = 1e-4  # |scale - reference| / reference
+    zero_point: int = 0  # |zero_point - reference|
+    step_slack: float = 0.01  # dequantized error may exceed half a step by this fraction of a step
+    int_mismatch: float = 0.0  # fraction of integers allowed to differ by one from the reference (rounding)
+    output_rel_l2: Optional[float] = None  # quantized vs FP32 logits (relative L2); None: not checked
+    onnx_atol: float = 1e-4  # ORT vs framework logits, float models
+    onnx_rtol: float = 1e-3
+    onnx_quant_rel_l2: float = 0.05  # ORT vs framework logits (relative L2), quantized models
+    lowrank_rtol: float = 1e-3  # reconstruction error vs the Eckart-Young optimum, relative to ||W||
+    loss_drop: float = 0.02  # the last quarter's mean loss is at least this fraction below the first's
+
+
+@dataclass(frozen=True)
+class Case:
+    """One conformance case. `checks` name functions of `unicompress.conformance.checks.CHECKS`."""
+
+    id: str
+    spec: SpecModel
+    checks: tuple[str, ...]
+    model: str = "tiny-bert"
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    pre: tuple[SpecModel, ...] = ()  # stages applied first (their rows must be claimed too)
+    student_seed: Optional[int] = None  # distillation: the student is built with this seed, the teacher with 0
+    unobservable: frozenset[Row] = frozenset()  # rows this case exercises but no check can see
+    description: str = ""
+
+    @property
+    def technique(self) -> str:
+        return self.spec.technique
+
+    @property
+    def exercises(self) -> frozenset[Row]:
+        """The capability rows of the main spec (what a passing case proves)."""
+        return frozenset(rows_of(self.spec))
+
+    @property
+    def requires(self) -> frozenset[Row]:
+        """Every row the backend must claim for the case to run in claimed mode (pre-stages included)."""
+        rows = set(self.exercises)
+        for spec in self.pre:
+            rows |= set(rows_of(spec))
+        return frozenset(rows)
+
+    def tol(self, **changes: Any) -> "Case":
+        return replace(self, tolerance=replace(self.tolerance, **changes))
+
+
+def rows_of(spec: SpecModel) -> Iterator[Row]:
+    """The (technique, field, value) rows of a spec, values as capability-table keys (strings)."""
+    for path, value in spec.capability_items():
+        yield spec.technique, path, _key(value)
+
+
+def row_id(row: Row) -> str:
+    return f"{row[0]}.{row[1]}={row[2]}"
+
+
+def _int_range(model: type, name: str) -> range:
+    lo = hi = None
+    for meta in model.model_fields[name].metadata:
+        lo = getattr(meta, "ge", lo)
+        hi = getattr(meta, "le", hi)
+    return range(int(lo), int(hi) + 1)
+
+
+def _values(e: type[enum.Enum]) -> list[str]:
+    return [m.value for m in e]
+
+
+def universe() -> list[Row]:
+    """Every row the core's specs can put in a capability table, read from the spec definitions."""
+    rows: list[Row] = []
+    add = lambda t, f, vals: rows.extend((t, f, _key(v)) for v in vals)  # noqa: E731
+    add("pruning", "granularity", _values(Granularity))
+    add("pruning", "criterion", _values(Criterion))
+    add("pruning", "scope", _values(Scope))
+    add("pruning", "schedule.kind", _values(ScheduleKind))
+    add("pruning", "norm", _values(Norm))
+    add("pruning", "remove_pruned", [True])
+    add("quantization", "mode", _values(QuantMode))
+    add("quantization", "bits", _int_range(QuantizationSpec, "bits"))
+    add("quantization", "activation_bits", _int_range(QuantizationSpec, "activation_bits"))
+    add("quantization", "scheme", _values(Scheme))
+    add("quantization", "mapping", _values(Mapping))
+    add("quantization", "granularity", _values(QuantGranularity))
+    add("quantization", "calibration.method", _values(CalibrationMethod))
+    add("quantization", "overrides", [True])
+    add("distillation", "kinds", _values(DistillKind))
+    add("distillation", "feature_loss", _values(FeatureLoss))
+    add("distillation", "student", ["drop_layers"])
+    add("low_rank", "by", ["rank", "energy"])
+    add("finetune", "training.distributed", _values(DistributedStrategy))
+    return rows
+
+
+# ---- data: tiny, deterministic, learnable ----------------------------------------------------------------------
+
+def task_data(model: str, num_labels: Optional[int] = None, batch: int = 8, distinct: int = 4,
+              repeats: int = 16, seed: int = 0) -> TaskData:
+    """Train/calibration/evaluation batches for a zoo model: `distinct` batches cycled `repeats` times.
+
+    Labels depend on the inputs (BERT: the second token; ViT: the brightest quadrant), so the loss of a
+    training stage can fall in a few dozen steps.
+    """
+    from .. import zoo
+
+    cfg = zoo.config_for(model, num_labels)
+    labels_n = cfg.num_labels
+    batches = []
+    for i in range(distinct):
+        x = zoo.inputs_for(model, cfg, batch=batch, seed=seed + 10 + i) if model == "tiny-vit" else \
+            zoo.inputs_for(model, cfg, batch=batch, length=16, seed=seed + 10 + i)
+        if "input_ids" in x:
+            x["attention_mask"] = np.ones_like(x["attention_mask"])  # every row full: a clean training signal
+            x["input_ids"] = np.where(x["input_ids"] == 0, 1, x["input_ids"])
+            y = (x["input_ids"][:, 1] % labels_n).astype(np.int64)
+        else:
+            px = x["pixel_values"]
+            h = px.shape[1] // 2
+            quads = np.stack([px[:, :h, :h].mean((1, 2)), px[:, :h, h:].mean((1, 2)),
+                              px[:, h:, :h].mean((1, 2)), px[:, h:, h:].mean((1, 2))], axis=1)
+            y = (quads.argmax(1) % labels_n).astype(np.int64)
+        batches.append((x, y))
+
+    def train():
+        for _ in range(repeats):
+            yield from ((dict(x), y.copy()) for x, y in batches)
+
+    return TaskData(train=train, calibration=lambda: (dict(x) for x, _ in batches),
+                    evaluation=lambda: ((dict(x), y.copy()) for x, y in batches), num_labels=labels_n)
+
+
+def eval_inputs(model: str, batch: int = 8, seed: int = 99) -> dict[str, np.ndarray]:
+    """Held-out inputs of the zoo model's kind (padded rows included for BERT)."""
+    from .. import zoo
+
+    cfg = zoo.config_for(model)
+    if model == "tiny-vit":
+        return zoo.inputs_for(model, cfg, batch=batch, seed=seed)
+    return zoo.inputs_for(model, cfg, batch=batch, length=16, seed=seed)
+
+
+# ---- the library -----------------------------------------------------------------------------------------------
+
+def _train(steps: int, lr: float = 3e-3, **kw: Any) -> TrainingSpec:
+    return TrainingSpec(steps=steps, learning_rate=lr, batch_size=8, **kw)
+
+
+PRUNE = ("applies", "sparsity", "pattern", "reference_mask", "runs_finite", "onnx")
+PRUNE_TRAINED = ("applies", "sparsity", "pattern", "runs_finite", "onnx")
+QUANT = ("applies", "quantized_layers", "levels", "qparams", "dequant_error", "runs_finite", "onnx")
+DISTIL = ("applies", "teacher_frozen", "loss_falls", "agreement_rises", "runs_finite", "onnx")
+LOWRANK = ("applies", "rank", "reconstruction", "runs_finite", "onnx")
+
+
+def _pruning_cases() -> list[Case]:
+    ffn_in = {"roles": ["ffn_in"]}
+    c = [
+        Case("pruning/unstructured-50", PruningSpec(sparsity=0.5), PRUNE,
+             description="one-shot magnitude pruning, 50% of every encoder Linear"),
+        Case("pruning/unstructured-70-vit", PruningSpec(sparsity=0.7), PRUNE, model="tiny-vit"),
+        Case("pruning/unstructured-global-50", PruningSpec(sparsity=0.5, scope="global"), PRUNE,
+             description="one magnitude threshold across the encoder"),
+        Case("pruning/nm-2-4", PruningSpec(granularity="n_m", n=2, m=4), PRUNE),
+        Case("pruning/neuron-l2-50-removed", PruningSpec(granularity="neuron", sparsity=0.5, selector=ffn_in),
+             PRUNE, description="half the FFN neurons (rows of ffn_in, columns of ffn_out) removed"),
+        Case("pruning/neuron-l1-50-zeroed", PruningSpec(granularity="neuron", sparsity=0.5, norm="l1",
+                                                        remove_pruned=False, selector=ffn_in), PRUNE),
+        Case("pruning/head-l2-25-removed", PruningSpec(granularity="head", sparsity=0.25), PRUNE,
+             description="one head of four per layer removed"),
+        Case("pruning/head-l1-50-zeroed", PruningSpec(granularity="head", sparsity=0.5, norm="l1",
+                                                      remove_pruned=False), PRUNE),
+        Case("pruning/block-4x4-50", PruningSpec(granularity="block", sparsity=0.5, block_shape=(4, 4)), PRUNE),
+        Case("pruning/polynomial-60", PruningSpec(
+            sparsity=0.6, schedule={"kind": "polynomial", "initial_sparsity": 0.0, "begin_step": 0,
+                                    "end_step": 10, "frequency": 2, "power": 3.0},
+            training=_train(12)), PRUNE_TRAINED + ("schedule",),
+            description="gradual magnitude pruning; ctx.history['sparsity'] must follow the polynomial"),
+    ]
+    for crit in ("movement", "l1_regularized", "l0_regularized"):
+        c.append(Case(f"pruning/{crit.replace('_', '-')}-50", PruningSpec(
+            sparsity=0.5, criterion=crit, regularization=0.1 if crit != "movement" else 0.0,
+            training=_train(12)), PRUNE_TRAINED))
+    return c
+
+
+def _quant_cases() -> list[Case]:
+    out8 = dict(output_rel_l2=0.25)
+    c = [
+        Case("quantization/weight-only-int8-per-channel", QuantizationSpec(mode="weight_only"), QUANT + (
+            "output_close",), tolerance=Tolerance(**out8)),
+        Case("quantization/weight-only-int8-per-tensor-asym", QuantizationSpec(
+            mode="weight_only", scheme="asymmetric", granularity="per_tensor"), QUANT),
+        Case("quantization/dynamic-int8", QuantizationSpec(mode="dynamic"), QUANT + ("output_close",),
+             tolerance=Tolerance(**out8)),
+        Case("quantization/dynamic-int8-vit", QuantizationSpec(mode="dynamic"), QUANT + ("output_close",),
+             model="tiny-vit", tolerance=Tolerance(**out8)),
+        Case("quantization/static-int8-minmax", QuantizationSpec(mode="static"), QUANT + (
+            "output_close", "activation_bits"), tolerance=Tolerance(**out8)),
+        Case("quantization/static-int8-percentile", QuantizationSpec(
+            mode="static", calibration={"method": "percentile", "percentile": 99.9}),
+            QUANT + ("output_close",), tolerance=Tolerance(**out8)),
+        Case("quantization/static-int8-mse", QuantizationSpec(mode="static", calibration={"method": "mse"}),
+             QUANT + ("output_close",), tolerance=Tolerance(**out8)),
+        Case("quantization/static-int8-per-tensor-asym", QuantizationSpec(
+            mode="static", scheme="asymmetric", granularity="per_tensor"), QUANT + ("output_close",),
+            tolerance=Tolerance(**out8)),
+        Case("quantization/qat-int8", QuantizationSpec(mode="qat", training=_train(24)),
+             QUANT + ("loss_falls",), description="fake-quant training, then convert"),
+        Case("quantization/log-4bit", QuantizationSpec(mode="weight_only", mapping="log", bits=4), QUANT,
+             description="sign-magnitude power-of-two levels"),
+        Case("quantization/overrides-mixed", QuantizationSpec(mode="weight_only", overrides=[
+            {"pattern": "*.intermediate.dense", "bits": 4},
+            {"pattern": "*.attention.output.dense", "skip": True}]), QUANT,
+            description="mixed precision: FFN-in at 4 bits, attention output kept in float"),
+    ]
+    for b in _int_range(QuantizationSpec, "bits"):
+        if b != 8:
+            c.append(Case(f"quantization/weight-only-{b}bit", QuantizationSpec(mode="weight_only", bits=b), QUANT))
+    for b in _int_range(QuantizationSpec, "activation_bits"):
+        if b != 8:
+            # ONNX carries 4-, 8- and 16-bit activations; other widths can only be seen as a clipped range
+            hidden = frozenset() if b in (4, 16) else frozenset({("quantization", "activation_bits", str(b))})
+            c.append(Case(f"quantization/static-act{b}bit", QuantizationSpec(mode="static", activation_bits=b),
+                          QUANT + ("activation_bits",), unobservable=hidden))
+    return c
+
+
+def _distil_cases() -> list[Case]:
+    t = _train(30, 2e-3)
+    return [
+        Case("distillation/response", DistillationSpec(kinds=["response"], temperature=2.0, alpha=1.0, training=t),
+             DISTIL, student_seed=1, description="a differently initialised student learns the teacher's logits"),
+        Case("distillation/feature-mse", DistillationSpec(kinds=["feature"], feature_loss="mse", alpha=1.0,
+                                                          training=t), DISTIL, student_seed=1),
+        Case("distillation/feature-cosine", DistillationSpec(kinds=["response", "feature"], feature_loss="cosine",
+                                                             alpha=1.0, training=t), DISTIL, student_seed=1),
+        Case("distillation/relation-drop-layers", DistillationSpec(
+            kinds=["relation"], alpha=1.0, student={"num_layers": 1}, training=t),
+            ("applies", "teacher_frozen", "loss_falls", "student_layers", "runs_finite", "onnx"),
+            description="MiniLM-style relation distillation into a 1-layer student cut from the teacher"),
+    ]
+
+
+def _lowrank_cases() -> list[Case]:
+    return [
+        Case("low_rank/rank-8", LowRankSpec(rank=8), LOWRANK),
+        Case("low_rank/energy-90", LowRankSpec(energy=0.9, force=True), LOWRANK),
+        Case("low_rank/rank-6-vit", LowRankSpec(rank=6), LOWRANK, model="tiny-vit"),
+    ]
+
+
+def _finetune_cases() -> list[Case]:
+    pre = (PruningSpec(sparsity=0.5),)
+    checks = ("applies", "loss_falls", "keeps_zeros", "runs_finite", "onnx")
+    return [
+        Case("finetune/after-pruning", FineTuneSpec(training=_train(24)), checks, pre=pre,
+             description="task training after 50% pruning: loss falls, pruned weights stay zero"),
+        Case("finetune/data-parallel", FineTuneSpec(training=_train(24, distributed="data_parallel")), checks,
+             pre=pre),
+    ]
+
+
+CASES: tuple[Case, ...] = tuple(_pruning_cases() + _quant_cases() + _distil_cases() + _lowrank_cases()
+                                + _finetune_cases())
+CASES_BY_ID: dict[str, Case] = {c.id: c for c in CASES}
+assert len(CASES_BY_ID) == len(CASES), "case ids must be unique"
+
+
+def cases_for(technique: Optional[str] = None, cases: Iterable[Case] = CASES) -> list[Case]:
+    return [c for c in cases if technique is None or c.technique == technique]
+
+
+def cases_for_row(row: Row, cases: Iterable[Case] = CASES) -> list[Case]:
+    """The cases that exercise a row, simplest first (fewest required rows)."""
+    return sorted((c for c in cases if row in c.exercises), key=lambda c: (len(c.requires), c.id))
+
+
+def uncovered_rows(cases: Iterable[Case] = CASES) -> list[Row]:
+    """Rows of the universe no case exercises (the library must leave none)."""
+    covered = set().union(*(c.exercises for c in cases))
+    return [r for r in universe() if r not in covered]

@@ -1,0 +1,149 @@
+"""Run a case on one backend once, keep what the checks need, and cache the check results.
+
+A case runs the way the core runs a stage — on `adapter.copy(model)`, through `adapter.apply` — so the
+same path serves claimed runs and probes of rows the backend does not claim (the core's `compress`
+would refuse those; the contract tests exercise `compress` itself).
+
+Example::
+
+    runner = CaseRunner(get_backend("torch"))
+    runner.results(CASES_BY_ID["pruning/nm-2-4"])   # {"sparsity": CheckResult(passed=True, ...), ...}
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..backend.adapter import Adapter, StageContext
+from ..backend.types import LayerInfo, TransformerStructure
+from .cases import Case, Row, task_data
+
+
+@dataclass
+class CheckResult:
+    """One check of one case on one backend. `passed` None means the check does not apply."""
+
+    check: str
+    passed: Optional[bool]
+    message: str = ""
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"check": self.check, "passed": self.passed, "message": self.message,
+                "numbers": {k: float(v) for k, v in self.numbers.items()}}
+
+
+@dataclass
+class Outcome:
+    """What one run of a case left behind: the untouched original, the compressed model, the logs."""
+
+    case: Case
+    backend: str
+    original: Any
+    weights_before: dict[str, np.ndarray]
+    layers_before: list[LayerInfo]
+    structure_before: Optional[TransformerStructure]
+    model: Any = None
+    error: Optional[str] = None
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    teacher: Any = None
+    teacher_weights_before: Optional[dict[str, np.ndarray]] = None
+    weights_mid: Optional[dict[str, np.ndarray]] = None  # after the pre-stages, before the main spec
+    seconds: float = 0.0
+    workdir: Optional[Path] = None
+    cache: dict[str, Any] = field(default_factory=dict)  # shared between checks (e.g. the ONNX export)
+
+
+class CaseRunner:
+    """Runs cases on one adapter, each at most once, and caches their check results."""
+
+    def __init__(self, adapter: Adapter, workdir: Optional[Path] = None):
+        self.adapter = adapter
+        self.name = adapter.name
+        self.capabilities = adapter.capabilities()
+        self.claimed_rows: set[Row] = self.capabilities.claimed()
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"uc-conf-{self.name}-"))
+        self._outcomes: dict[str, Outcome] = {}
+        self._results: dict[tuple[str, str], CheckResult] = {}
+        self.probed: set[str] = set()  # case ids run although not claimed
+        self.verdicts: dict[Row, Any] = {}  # capability row -> RowVerdict (contract.py)
+        self.contract: dict[str, CheckResult] = {}  # contract check name -> result (contract.py)
+
+    # ---- claims ---------------------------------------------------------------------------------------
+    def missing(self, case: Case) -> list[Row]:
+        """Rows the case needs that this backend does not claim (empty: the case runs in claimed mode)."""
+        return sorted(r for r in case.requires if r not in self.claimed_rows)
+
+    def claims(self, case: Case) -> bool:
+        return not self.missing(case)
+
+    # ---- running --------------------------------------------------------------------------------------
+    def outcome(self, case: Case) -> Outcome:
+        if case.id not in self._outcomes:
+            if not self.claims(case):
+                self.probed.add(case.id)
+            self._outcomes[case.id] = self._run(case)
+        return self._outcomes[case.id]
+
+    def _run(self, case: Case) -> Outcome:
+        a = self.adapter
+        t0 = time.perf_counter()
+        workdir = self.workdir / case.id.replace("/", "__")
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            original = a.build_model(case.model, seed=case.student_seed or 0)
+            layers = a.layers(original)
+            out = Outcome(case, self.name, original, a.weights(original), layers, a.structure(original),
+                          workdir=workdir)
+        except Exception:  # the model cannot even be built: every check of the case fails with this
+            return Outcome(case, self.name, None, {}, [], None, error=_tail(traceback.format_exc()), workdir=workdir)
+        data = task_data(case.model)
+        try:
+            model = a.copy(original)
+            for spec in case.pre:
+                model = a.apply(model, spec, data, StageContext())
+            if case.pre:
+                out.weights_mid = a.weights(model)
+            ctx = StageContext()
+            if case.technique == "distillation":
+                out.teacher = a.build_model(case.model, seed=0)
+                out.teacher_weights_before = a.weights(out.teacher)
+                ctx.teacher = out.teacher
+            out.model = a.apply(model, case.spec, data, ctx)
+            out.history = ctx.history
+        except Exception:
+            out.error = _tail(traceback.format_exc())
+        out.seconds = time.perf_counter() - t0
+        return out
+
+    def result(self, case: Case, check: str) -> CheckResult:
+        """The (cached) result of one check of one case."""
+        key = (case.id, check)
+        if key not in self._results:
+            from .checks import run_check
+
+            self._results[key] = run_check(check, self.adapter, self.outcome(case))
+        return self._results[key]
+
+    def results(self, case: Case) -> dict[str, CheckResult]:
+        return {check: self.result(case, check) for check in case.checks}
+
+    def case_passed(self, case: Case) -> bool:
+        """Every applicable check passed (xfailed checks count as failed: the row is not honoured)."""
+        return all(r.passed is not False for r in self.results(case).values())
+
+    def ran(self) -> dict[str, Outcome]:
+        return dict(self._outcomes)
+
+    def checked(self) -> dict[tuple[str, str], CheckResult]:
+        return dict(self._results)
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])

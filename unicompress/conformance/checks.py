@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import reference as ref
 from ..reference.quantization import qrange
-from ..specs import (DistillationSpec, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec)
+from ..specs import DistillationSpec, LowRankSpec, PruningSpec, QuantizationSpec
 from ..specs.pruning import Criterion, Granularity, ScheduleKind, Scope
 from ..specs.quantization import Mapping, QuantGranularity, QuantMode, Scheme
 from .cases import eval_inputs
@@ -170,6 +170,11 @@ def check_applies(adapter, o: Outcome) -> CheckResult:
         return CheckResult("applies", False, f"the stage raised:\n{o.error}")
     if o.model is None or not adapter.is_model(o.model):
         return CheckResult("applies", False, f"apply returned {type(o.model).__name__}, not a {adapter.name} model")
+    now = adapter.weights(o.original)  # the stage worked on adapter.copy(original): the original must not move
+    touched = [n for n, w in o.weights_before.items() if n not in now or not np.array_equal(now[n], w)]
+    if touched:
+        return CheckResult("applies", False, f"the stage changed the model it was copied from (adapter.copy shares "
+                           f"state?): {touched[:3]}")
     return CheckResult("applies", True, f"{o.seconds:.2f} s", {"seconds": o.seconds})
 
 
@@ -783,7 +788,15 @@ def check_onnx(adapter, o: Outcome) -> CheckResult:
         if not (y_ort.shape == y_fw.shape and rel <= tol.onnx_quant_rel_l2):
             fails.append(f"ORT vs {adapter.name}: relative L2 {rel:.4f} > {tol.onnx_quant_rel_l2} "
                          f"(shapes {y_ort.shape} / {y_fw.shape})")
-        if not summary.quantized:
+        if spec.mapping is Mapping.log and not summary.quantized:
+            # ONNX has no log-quantization op: the levels must survive as float constants instead
+            levelled = [m for m in summary.matrices() if m.name in _few_level_constants(path, 2 ** spec.bits)]
+            want = len(_expected_quant_layers(o))
+            numbers["log_level_constants"] = len(levelled)
+            if len(levelled) < want:
+                fails.append(f"log mapping: {len(levelled)} weight constants with at most {2 ** spec.bits} levels "
+                             f"per channel in the export, {want} layers quantized")
+        elif not summary.quantized:
             fails.append("the export has no QuantizeLinear/DequantizeLinear or integer ops")
         numbers = {"ort_rel_l2": rel}
     else:
@@ -803,7 +816,7 @@ def check_onnx(adapter, o: Outcome) -> CheckResult:
         want = sorted(f["expected"] for f in _factorisations(adapter, o).values() if f["expected"] is not None)
         got = sorted(f.rank for f in summary.factorised)
         numbers["factorised_matmuls"] = len(got)
-        if len(got) < len(want) or sorted(got)[:len(want)] != want and sorted(set(got)) != sorted(set(want)):
+        if len(got) < len(want) or not set(want) <= set(got):
             fails.append(f"{len(got)} factorised MatMul pairs (ranks {sorted(set(got))}) in the graph, "
                          f"expected {len(want)} (ranks {sorted(set(want))})")
     if not fails:
@@ -811,5 +824,16 @@ def check_onnx(adapter, o: Outcome) -> CheckResult:
     return _result("onnx", fails, numbers)
 
 
-TECHNIQUE_OF = {PruningSpec: "pruning", QuantizationSpec: "quantization", DistillationSpec: "distillation",
-                LowRankSpec: "low_rank", FineTuneSpec: "finetune"}
+def _few_level_constants(path, levels: int) -> set[str]:
+    """Names of 2-D float constants with at most `levels` distinct values in every row or every column."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = set()
+    for t in onnx.load(str(path)).graph.initializer:
+        arr = numpy_helper.to_array(t)
+        if arr.ndim != 2 or arr.dtype.kind != "f" or arr.size < 16:
+            continue
+        if max(len(np.unique(r)) for r in arr) <= levels or max(len(np.unique(c)) for c in arr.T) <= levels:
+            out.add(t.name)
+    return out

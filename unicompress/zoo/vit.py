@@ -1,7 +1,8 @@
 """The neutral ViT for the image path (MNIST 28x28): one config, one naming scheme, numpy weights.
 
 Patches are flattened and projected by a Linear (no convolution), so every framework builds it
-the same way. Encoder blocks are pre-LayerNorm, as in ViT:
+the same way. Patch order: row-major over the patch grid, and each patch's pixels row-major, i.e.
+``x.reshape(B, H/p, p, W/p, p).transpose(0, 1, 3, 2, 4).reshape(B, (H/p)*(W/p), p*p)``. Encoder blocks are pre-LayerNorm, as in ViT:
   x = [cls; patches W_p^T + b] + pos
   per layer: x = x + Attn(LN1(x)) Wo^T;  x = x + gelu_erf(LN2(x) W1^T) W2^T
   logits = classifier(LN(x)[:, 0])

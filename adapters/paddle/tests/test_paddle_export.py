@@ -76,8 +76,24 @@ def test_paddle_jit_save_of_a_converted_model_is_broken_and_the_pir_safe_path_wo
     static = [paddle.static.InputSpec(list(X[n].shape), "int64", n) for n in ("input_ids", "attention_mask")]
     paddle.jit.save(q, str(tmp_path / "static" / "model"), input_spec=static)
     wrong = paddle.jit.load(str(tmp_path / "static" / "model"))(ids, mask).numpy()
-    assert np.abs(wrong - want).max() > 1.0
+    assert np.abs(wrong - want).max() > 5e-3  # the 8-bit error itself is ~1e-5 (test above)
     out = A.export_native(q, tmp_path / "native")
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.pdiparams"]
     loaded = paddle.jit.load(str(out / "model"))
     assert np.abs(loaded(ids, mask).numpy() - want).max() < 1e-5
+
+
+def test_paddleslim_qat_save_quantized_model_is_broken_on_paddle3(tmp_path):
+    """PaddleSlim's QAT saves through the legacy ImperativeQuantAware exporter (old IR); Paddle 3 traces
+    to PIR, so saving fails. Our QAT path is paddle.quantization.QAT + convert + export_native (above)."""
+    from unicompress_paddle.compat import paddleslim
+    from unicompress_paddle.export import input_spec
+    slim = paddleslim()
+    m = A.build_model("tiny-bert")
+    qat = slim.QAT(config={"weight_quantize_type": "channel_wise_abs_max",
+                           "activation_quantize_type": "moving_average_abs_max", "quantizable_layer_type": ["Linear"]})
+    qat.quantize(m)  # works
+    m.eval()
+    with pytest.raises(TypeError, match="must be Value, but got Variable"):
+        qat.save_quantized_model(m, str(tmp_path / "slim" / "model"), input_spec=input_spec(m, X))
+    assert paddle.in_dynamic_mode()  # the failure leaves no static mode behind

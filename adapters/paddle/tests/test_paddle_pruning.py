@@ -55,7 +55,7 @@ def test_paddleslim_unstructured_pruner_is_broken_on_paddle3_and_the_fixed_subcl
     assert m(ids, mask).shape == [4, 3]
     fixed.detach()
     w = m.bert.encoder.layer[0].attention.self.query.weight.numpy()
-    assert R.sparsity_of(w) == 0.5 and not any(b.endswith("_mask") for b in m.bert._buffers)
+    assert R.sparsity_of(w) == 0.5 and not any(l._buffers or l._forward_pre_hooks for l in m.sublayers())
 
 
 @pytest.mark.parametrize("scope", ["per_layer", "global"])
@@ -71,7 +71,7 @@ def test_unstructured_magnitude_matches_reference(scope):
     assert abs(sum((after[n] == 0).sum() for n in ENCODER) / total - 0.6) < 1e-3
     assert R.sparsity_of(after["classifier"]) == 0 and R.sparsity_of(after["bert.pooler.dense"]) == 0
     # the pruner's hooks and mask buffers are gone: the model runs and exports as a plain model
-    assert not any(l._forward_pre_hooks for l in m.sublayers())
+    assert not any(l._forward_pre_hooks or l._buffers for l in m.sublayers())
 
 
 @pytest.mark.parametrize("norm", ["l1", "l2"])
@@ -104,6 +104,7 @@ def test_neuron_pruning_by_paddleslim_filter_scores(remove):
             assert np.array_equal(after[fin], before[fin][keep]) and np.array_equal(after[fout], before[fout][:, keep])
         else:
             assert np.array_equal((after[fin] != 0).all(1), keep)
+    assert not any(l._buffers for l in m.sublayers())  # PruningPlan's backups are gone
     # removing zeroed neurons or zeroing them gives the same function
     if not remove:
         _, m2 = pruned({"technique": "pruning", "granularity": "neuron", "sparsity": 0.25, "norm": "l2"})
@@ -191,3 +192,20 @@ def test_paddleslim_filter_pruners_cannot_trace_paddle3_models_and_the_scorers_w
     keep = fixed.cal_mask(0.25, ScoringCollection("w", w))
     dist = np.sqrt(((w[:, None, :] - w[None, :, :]) ** 2).sum(-1)).sum(1)  # FPGM: distance to all others
     assert keep.sum() == 48 and set(np.argsort(dist)[:16]) == set(np.flatnonzero(keep == 0))
+
+
+def test_gradual_pruning_with_paddleslim_gmp_schedule():
+    """power 3 and frequency > 10: PaddleSlim's GMPUnstructuredPruner runs the ramp itself."""
+    from unicompress_paddle.pruning import uses_gmp
+    spec = {"technique": "pruning", "sparsity": 0.6,
+            "schedule": {"kind": "polynomial", "begin_step": 0, "end_step": 33, "frequency": 11, "power": 3},
+            "training": {"steps": 36, "learning_rate": 1e-3}}
+    assert uses_gmp(PruningSpec.model_validate(spec))
+    ctx = StageContext()
+    _, m = pruned(spec, task_data(2), ctx)
+    pts = ctx.history["sparsity"]
+    assert [s for s, _ in pts] == [0, 11, 22, 33, 36]
+    for step, value in pts[:-1]:
+        assert abs(value - R.polynomial_sparsity(step, 0.6, 0.0, 0, 33, 3)) < 2e-3, (step, value)
+    w = A.weights(m)
+    assert abs(np.mean([R.sparsity_of(w[n]) for n in ENCODER]) - 0.6) < 2e-3

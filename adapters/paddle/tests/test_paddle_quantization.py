@@ -72,6 +72,18 @@ def test_weight_only_4_bit_per_channel_matches_reference(tmp_path):
     assert np.abs(s.run(None, X)[0] - A.run(q, X)).max() < 1e-4
 
 
+def test_weight_only_10_bit_exports_in_an_int32_container(tmp_path):
+    _, q = quantized({"mode": "weight_only", "bits": 10})
+    assert np.abs(A.quantized_weights(q)[Q].q).max() == 511
+    import onnx
+    import onnxruntime as ort
+    path = A.export_onnx(q, tmp_path / "w10.onnx", X)
+    kinds = {i.data_type for i in onnx.load(str(path)).graph.initializer}
+    assert onnx.TensorProto.INT32 in kinds and onnx.TensorProto.INT8 not in kinds
+    s = ort.InferenceSession(str(path))
+    assert np.abs(s.run(None, X)[0] - A.run(q, X)).max() < 1e-5
+
+
 def test_weight_only_and_overrides_for_mixed_precision():
     _, q = quantized({"mode": "weight_only", "overrides": [
         {"pattern": "*.layer.1.*", "skip": True}, {"pattern": "*.output.dense", "bits": 4},

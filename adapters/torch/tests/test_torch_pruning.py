@@ -283,7 +283,7 @@ def test_l0_gates_learn_and_prune_to_target(granularity, kw):
     assert float(torch.cat([g.log_alpha.detach().reshape(-1) for g in gates]).mean()) < 3.0  # penalty pulled them
     pruner.finish()
     assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in copy.modules())
-    assert pruner.current == pytest.approx(0.5 if granularity != "neuron" else 0.5, abs=1e-6)
+    assert pruner.current == pytest.approx(0.5, abs=1e-9)
     assert np.isfinite(A.run(copy, x)).all()
 
 

@@ -112,7 +112,8 @@ def numpy_vit(w, cfg, inputs):
     patches = px.reshape(b, hgt // p, p, wid // p, p).transpose(0, 1, 3, 2, 4).reshape(b, -1, p * p)
     e = "vit.embeddings"
     x = patches @ w[f"{e}.patch_embeddings.weight"].T + w[f"{e}.patch_embeddings.bias"]
-    x = np.concatenate([np.broadcast_to(w[f"{e}.cls_token"], (b, 1, x.shape[-1])), x], 1) + w[f"{e}.position_embeddings"]
+    cls = np.broadcast_to(w[f"{e}.cls_token"], (b, 1, x.shape[-1]))
+    x = np.concatenate([cls, x], 1) + w[f"{e}.position_embeddings"]
     eps = cfg.layer_norm_eps
     for i in range(cfg.num_hidden_layers):
         q = f"vit.encoder.layer.{i}"

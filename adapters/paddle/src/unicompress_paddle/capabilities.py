@@ -19,7 +19,7 @@ ROWS = [
     ("pruning", "remove_pruned", [True], N),
     # quantization
     ("quantization", "mode", ["static", "qat", "weight_only"], N),
-    ("quantization", "bits", [4, 8], N),
+    ("quantization", "bits", list(range(2, 12)), N),  # 12+ bits: Paddle's float32 rounding differs at ties
     ("quantization", "activation_bits", [8], N),
     ("quantization", "scheme", ["symmetric"], N),
     ("quantization", "mapping", ["linear"], N),
@@ -42,7 +42,9 @@ ROWS = [
 NOTES = {
     "pruning": "PaddleSlim UnstructuredPruner (subclassed: Paddle 3 bool-mask fix, exact-k threshold) for "
                "unstructured and block (blocks scored by mean |w| / mean w^2 instead of PaddleSlim's |mean w|); "
-               "polynomial schedule = ratios fed to UnstructuredPruner.step during training; N:M by "
+               "polynomial schedule: GMPUnstructuredPruner when power 3 and frequency > 10, else the scheduled "
+               "ratios fed to UnstructuredPruner.step during training (neuron/head: zeroed, removed at the end); "
+               "N:M by "
                "paddle.incubate.asp.prune_model(mask_1d), one-shot only; neuron (FFN pairs) and head scored by "
                "PaddleSlim L1/L2NormFilterPruner.cal_mask and sliced or zeroed by PaddleSlim PruningPlan (its "
                "graph tracer dygraph2program is broken on Paddle 3, so groups come from the declared structure).",

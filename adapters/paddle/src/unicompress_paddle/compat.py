@@ -51,8 +51,9 @@ def pir_safe_qdq(model) -> int:
     1. ``paddle.jit.save(PTQ/QAT(...).convert(model), path, input_spec=[InputSpec([None, ...])])`` raises
        ``ValueError: (InvalidArgument) Each value of attribute 'shape' is expected to be no less than 0 ...
        shape = [-1, -1, 32]``: it creates a persistable placeholder of the input's dynamic shape.
-    2. Even with static shapes, the saved program's `dequantize_linear` does not dequantize (PIR maps it
-       onto the quantize kernel; see Paddle2ONNX PR #1528): the loaded model's logits were off by ~1e3.
+    2. With a static input shape it saves, but the saved PIR program's `dequantize_linear` does not compute
+       q * amax / qmax (PIR maps it onto the quantize kernel; see Paddle2ONNX PR #1528): the loaded tiny-bert
+       gave logits off by 3.5e-2 (logits ~5e-2; the 8-bit error is ~1e-5), a single Linear by ~1e3.
     We swap each instance's class for a subclass whose PIR branch computes the same arithmetic with plain
     ops (q = clip(round(x / amax * qmax)), x = q * amax / qmax, per channel along `quant_axis`); the dygraph
     branch (Paddle's kernels) is unchanged. Returns the number of layers patched.
@@ -102,8 +103,8 @@ def _make_pir_safe():
 _PirSafeLinearQuanter, _PirSafeLinearDequanter = _make_pir_safe()
 
 
-def fixed_unstructured_pruner_class():
-    """PaddleSlim's UnstructuredPruner with the two Paddle 3 / NumPy 2 breakages fixed.
+def fixed_unstructured_pruner_class(gmp: bool = False):
+    """PaddleSlim's UnstructuredPruner (or, with `gmp`, GMPUnstructuredPruner) with its breakages fixed.
 
     Broken call: ``UnstructuredPruner(model, "ratio", ratio=0.5).step()`` then ``model(x)`` (or
     ``update_params()``) raises ``TypeError: (InvalidType) Type promotion only support calculations between
@@ -120,10 +121,11 @@ def fixed_unstructured_pruner_class():
     """
     import numpy as np
 
-    from paddleslim import UnstructuredPruner
+    paddleslim()
+    from paddleslim import GMPUnstructuredPruner, UnstructuredPruner
     from paddleslim.prune.unstructured_pruner_utils import cal_mxn_avg_matrix
 
-    class FixedUnstructuredPruner(UnstructuredPruner):
+    class FixedUnstructuredPruner(GMPUnstructuredPruner if gmp else UnstructuredPruner):
         def _pruned_params(self):
             for _, sub_layer in self.model.named_sublayers():
                 if not self._should_prune_layer(sub_layer):
@@ -171,11 +173,12 @@ def fixed_unstructured_pruner_class():
             """Write the masked values into the weights, then remove the pruner's hooks and mask buffers
             (PaddleSlim keeps no hook handles), so the model saves and exports without them."""
             self.update_params()
+            ours = {name.replace(".", "_") + "_mask" for name in self.masks}  # the names _apply_masks used
             for _, sub_layer in self.model.named_sublayers(include_self=True):
                 hooks = sub_layer._forward_pre_hooks
                 for key in [k for k, h in hooks.items() if getattr(h, "__self__", None) is self]:
                     del hooks[key]
-                for name in [b for b in sub_layer._buffers if b.endswith("_mask")]:
+                for name in [b for b in sub_layer._buffers if b in ours]:
                     del sub_layer._buffers[name]
 
     return FixedUnstructuredPruner
@@ -184,6 +187,8 @@ def fixed_unstructured_pruner_class():
 def fixed_fpgm_pruner_class():
     """FPGMFilterPruner whose `get_distance_sum` does not call `np.product` (removed in NumPy 2)."""
     import numpy as np
+
+    paddleslim()
     from paddleslim.dygraph import FPGMFilterPruner
 
     class FixedFPGMFilterPruner(FPGMFilterPruner):
@@ -234,8 +239,9 @@ def apply_plan(model, masks: dict, remove: bool) -> None:
     for param, (axis, keep) in masks.items():
         plan.add(param.name, PruningMask(int(axis), np.asarray(keep, np.int64), float(1 - np.mean(keep)), PlanOp()))
     plan.apply(model, lazy=not remove)
+    ours = {p.name.replace(".", "_") + "_backup" for p in masks}  # the names imperative_apply uses
     for layer in model.sublayers(include_self=True):
-        for name in [b for b in layer._buffers if b.endswith("_backup")]:
+        for name in [b for b in layer._buffers if b in ours]:
             del layer._buffers[name]
 
 

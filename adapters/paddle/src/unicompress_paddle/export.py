@@ -28,7 +28,6 @@ from unicompress.fileio import atomic_directory, atomic_path
 from .compat import paddle
 from .layers import compressible
 
-QMAX = {8: 127}
 
 
 def input_spec(model: Any, example: Any) -> list:
@@ -50,7 +49,7 @@ def float_twin(model: Any) -> tuple[Any, dict[str, dict]]:
     layers hold their log-dequantized weight."""
     from paddle.nn.quant.qat.linear import QuantedLinear
 
-    from .quantization import LOG_ATTR, activation_scale, quantized_weights, weight_qparams
+    from .quantization import activation_bits, activation_scale, quantized_weights, weight_qparams
 
     twin = copy.deepcopy(model)
     qts = quantized_weights(model)
@@ -62,13 +61,14 @@ def float_twin(model: Any) -> tuple[Any, dict[str, dict]]:
         lin.weight.set_value(qt.dequantize().T.astype(np.float32))
         lin.bias.set_value(layer.bias.numpy())
         if isinstance(layer, QuantedLinear):
-            amax, bits, axis = weight_qparams(layer)
-            info[lin.weight.name] = {"q": qt.q.T.astype(np.int8), "scale": np.atleast_1d(qt.scale).astype(np.float32),
-                                     "axis": axis, "bits": bits, "act_amax": activation_scale(layer)}
+            _, bits, axis = weight_qparams(layer)
+            container = np.int8 if bits <= 8 else np.int32  # DequantizeLinear takes int32 (no int8 kernels then)
+            info[lin.weight.name] = {"q": qt.q.T.astype(container), "scale": np.atleast_1d(qt.scale).astype(np.float32),
+                                     "axis": axis, "bits": bits, "act_amax": activation_scale(layer),
+                                     "act_bits": activation_bits(layer)}
         parent_name, _, child = name.rpartition(".")
         parent = twin if not parent_name else dict(twin.named_sublayers())[parent_name]
         setattr(parent, child, lin)
-        assert getattr(lin, LOG_ATTR, None) is None
     return twin, info
 
 
@@ -136,17 +136,20 @@ def _insert_qdq(graph, info: dict[str, dict]) -> int:
         if node.op_type == "MatMul" and node.input[1] in info and node.input[1] in inits:
             meta, w = info[node.input[1]], node.input[1]
             graph.initializer.remove(inits[w])
-            qmax = 2 ** (meta["bits"] - 1) - 1
             wscale = meta["scale"] if meta["axis"] is not None else meta["scale"][:1].reshape(())
             graph.initializer.extend([
                 numpy_helper.from_array(meta["q"], f"{w}_q"),
                 numpy_helper.from_array(np.asarray(wscale, np.float32), f"{w}_scale"),
-                numpy_helper.from_array(np.zeros(np.shape(wscale), np.int8), f"{w}_zp")])
+                numpy_helper.from_array(np.zeros(np.shape(wscale), meta["q"].dtype), f"{w}_zp")])
             dq_attrs = {"axis": 1} if meta["axis"] is not None else {}
             new_nodes.append(helper.make_node("DequantizeLinear", [f"{w}_q", f"{w}_scale", f"{w}_zp"],
                                               [f"{w}_dq"], name=f"{w}_DequantizeLinear", **dq_attrs))
             x = node.input[0]
             if meta["act_amax"] is not None:
+                if meta["act_bits"] > 8:
+                    raise NotImplementedError(f"{meta['act_bits']}-bit activations need int16 QuantizeLinear "
+                                              "(opset 21); this export writes opset <= 17 int8 QDQ")
+                qmax = 2 ** (meta["act_bits"] - 1) - 1
                 a = f"{w}_act"
                 graph.initializer.extend([
                     numpy_helper.from_array(np.asarray(max(meta["act_amax"], 1e-8) / qmax, np.float32), f"{a}_scale"),

@@ -17,7 +17,6 @@ from unicompress.reference.pruning import polynomial_sparsity
 from unicompress.specs import Criterion, Granularity, PruningSpec, ScheduleKind, Scope
 
 from . import compat
-from .compat import paddle
 from .layers import compressible, layer_infos, structure
 from .training import record_masks, train
 
@@ -39,19 +38,35 @@ def _neutral_masks(layers: dict[str, Any]) -> dict[str, np.ndarray]:
     return {n: (l.weight.numpy() != 0).T.copy() for n, l in layers.items()}
 
 
+def uses_gmp(spec: PruningSpec) -> bool:
+    """Whether PaddleSlim's GMPUnstructuredPruner can run this schedule itself: its ramp is the cubic
+    polynomial (power 3) and it asserts more than 10 steps between ratio updates."""
+    s = spec.schedule
+    return (s.kind is ScheduleKind.polynomial and s.power == 3 and s.frequency > 10
+            and s.begin_step % s.frequency == 0 and (s.end_step - s.begin_step) % s.frequency == 0)
+
+
 def _unstructured_pruner(model: Any, layers: dict[str, Any], spec: PruningSpec, ratio: float):
-    """A (fixed) PaddleSlim UnstructuredPruner restricted to the selected weights."""
+    """A (fixed) PaddleSlim UnstructuredPruner, or GMPUnstructuredPruner, restricted to the selected weights."""
     compat.paddleslim()
-    cls = compat.fixed_unstructured_pruner_class()
+    gmp = uses_gmp(spec)
+    cls = compat.fixed_unstructured_pruner_class(gmp)
     keep = {l.weight.name for l in layers.values()}
     skip = lambda m: {p.name for p in m.parameters() if p.name not in keep}  # noqa: E731
     block = [1, 1]
     if spec.granularity is Granularity.block:
         rows, cols = spec.block_shape
         block = [int(cols), int(rows)]  # Paddle's weight is [in, out]: the neutral (rows, cols) block transposed
+    kw = dict(skip_params_func=skip, local_sparsity=spec.scope is Scope.per_layer, sparse_block=block)
     with contextlib.redirect_stdout(io.StringIO()):  # PaddleSlim prints one line per parameter
-        pruner = cls(model, mode="ratio", ratio=ratio, skip_params_func=skip,
-                     local_sparsity=spec.scope is Scope.per_layer, sparse_block=block)
+        if gmp:
+            s = spec.schedule
+            pruner = cls(model, ratio=spec.target_sparsity, **kw, configs={
+                "stable_iterations": s.begin_step, "pruning_iterations": s.end_step - s.begin_step,
+                "tunning_iterations": 0, "resume_iteration": 0,
+                "pruning_steps": (s.end_step - s.begin_step) // s.frequency, "initial_ratio": s.initial_sparsity})
+        else:
+            pruner = cls(model, mode="ratio", ratio=ratio, **kw)
     pruner.block_norm = spec.norm.value
     return pruner
 
@@ -64,7 +79,23 @@ def _magnitude(model: Any, spec: PruningSpec, data: TaskData, ctx: StageContext)
         pruner.step()
         pruner.detach()
         ctx.log("sparsity", 0, overall_sparsity(layers))
-    else:
+    elif uses_gmp(spec):
+        pruner = _unstructured_pruner(model, layers, spec, sched.initial_sparsity)
+
+        def on_step(step: int) -> None:  # GMPUnstructuredPruner keeps its own schedule
+            before = pruner.ratio
+            pruner.step()
+            if pruner.ratio != before or step == 0:
+                pruner.update_params()
+                ctx.log("sparsity", step, overall_sparsity(layers))
+
+        train(model, data, spec.training, ctx, on_step=on_step)
+        pruner.ratio = spec.target_sparsity
+        pruner.update_threshold()
+        pruner._update_masks()
+        pruner.detach()
+        ctx.log("sparsity", spec.training.steps, overall_sparsity(layers))
+    else:  # any power / frequency: the scheduled ratio is fed to UnstructuredPruner.step
         pruner = _unstructured_pruner(model, layers, spec, sched.initial_sparsity)
 
         def on_step(step: int) -> None:

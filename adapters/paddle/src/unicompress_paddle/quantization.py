@@ -1,6 +1,6 @@
 """QuantizationSpec on Paddle: paddle.quantization PTQ/QAT with PaddleSlim observers and quanters.
 
-static      PTQ: weight observer (per-channel AbsMaxChannelWise / MSEChannelWise, per-tensor Absmax) and an
+static      PTQ: weight observer (per-channel AbsMaxChannelWise, per-tensor Absmax) and an
             activation observer chosen by calibration.method (Absmax / Hist percentile / MSE), calibrated on
             data, then `convert` (weights become integers, QDQ layers around them)
 weight_only PTQ with weight observers only
@@ -55,10 +55,11 @@ def _weight_factory(spec: QuantizationSpec, s: dict):
             return compat.with_zero_points(quanters.FakeQuanterChannelWiseAbsMaxObserver(bit_length=s["bits"]))
         from paddle.quantization.quanters import FakeQuanterWithAbsMaxObserver
         return compat.with_zero_points(FakeQuanterWithAbsMaxObserver(moving_rate=0.9, bit_length=s["bits"]))
-    mse = spec.mode is QuantMode.static and spec.calibration.method is CalibrationMethod.mse
+    # weights always take their full abs-max range (the calibration method is about activations);
+    # PaddleSlim's MSE weight observers clip and let q reach -2^(b-1), outside the narrow grid
     if per_channel:
-        return (obs.MSEChannelWiseWeightObserver if mse else obs.AbsMaxChannelWiseWeightObserver)(quant_bits=s["bits"])
-    return (obs.MSEObserver if mse else obs.AbsmaxObserver)(quant_bits=s["bits"])
+        return obs.AbsMaxChannelWiseWeightObserver(quant_bits=s["bits"])
+    return obs.AbsmaxObserver(quant_bits=s["bits"])
 
 
 def _activation_factory(spec: QuantizationSpec):
@@ -177,6 +178,14 @@ def activation_scale(layer: Any) -> Optional[float]:
     if aq is None or getattr(aq, "_quanter", None) is None:
         return None
     return float(aq._quanter._scales.numpy().reshape(-1)[0])
+
+
+def activation_bits(layer: Any) -> Optional[int]:
+    """Bits of a converted QuantedLinear's activation quantizer (None when activations stay float)."""
+    aq = getattr(layer, "activation_quanter", None)
+    if aq is None or getattr(aq, "_quanter", None) is None:
+        return None
+    return int(aq._quanter._bit_length)
 
 
 def quantized_weights(model: Any) -> dict[str, QuantizedTensor]:

@@ -1,4 +1,9 @@
-"""The TensorFlow backend's capability table (pure data; no framework import)."""
+"""The TensorFlow backend's capability table (pure data; no framework import).
+
+Every claimed value is exercised by adapters/tensorflow/tests. Values are per field, not per
+combination: combinations the toolkit cannot do (e.g. 4-bit in the TFLite modes) are refused at
+apply time with a QuantizationNotSupportedError / PruningNotSupportedError naming the fix.
+"""
 from __future__ import annotations
 
 from unicompress.backend.capabilities import Capabilities, Support, build_table
@@ -7,7 +12,7 @@ N, E = Support.native, Support.emulated
 
 
 def tensorflow_capabilities() -> Capabilities:
-    """What the TensorFlow backend honours; every claimed value is covered by a test."""
+    """What the TensorFlow backend honours, and whether TFMOT/TFLite does it (native) or we do (emulated)."""
     rows = [
         ("pruning", "granularity", ["unstructured", "n_m", "block"], N),
         ("pruning", "granularity", ["neuron", "head"], E),
@@ -16,12 +21,39 @@ def tensorflow_capabilities() -> Capabilities:
         ("pruning", "schedule.kind", ["one_shot", "polynomial"], N),
         ("pruning", "norm", ["l1", "l2"], E),
         ("pruning", "remove_pruned", [True], E),
+        ("quantization", "mode", ["dynamic", "static", "qat", "weight_only"], N),
+        ("quantization", "bits", [2, 3, 4, 5, 6, 7, 8], N),
+        ("quantization", "activation_bits", [8], N),
+        ("quantization", "scheme", ["symmetric", "asymmetric"], N),
+        ("quantization", "mapping", ["linear"], N),
+        ("quantization", "mapping", ["log"], E),
+        ("quantization", "granularity", ["per_tensor", "per_channel"], N),
+        ("quantization", "calibration.method", ["minmax"], N),
+        ("quantization", "overrides", [True], N),
+        ("distillation", "kinds", ["response", "feature", "relation"], E),
+        ("distillation", "feature_loss", ["mse", "cosine"], E),
+        ("distillation", "student", ["drop_layers"], E),
+        ("low_rank", "by", ["rank", "energy"], E),
+        ("finetune", "training.distributed", ["none"], N),
     ]
     notes = {
-        "pruning": "tfmot.sparsity.keras.prune_low_magnitude (ConstantSparsity/PolynomialDecay with frequency "
-                   "from the spec, sparsity_m_by_n for N:M, block_size for block), strip_pruning. One-shot = the "
-                   "wrapper's own conditional_mask_update at step 0. Block blocks are scored by TFMOT's AVG "
-                   "pooling of |w| (= the L1 norm for full blocks); neuron/head pruning and the L2 block norm are "
-                   "emulated (masks by TF ops, rebuild by clone_model). No global scope in TFMOT.",
+        "pruning": "tfmot.sparsity.keras.prune_low_magnitude on the selected Dense layers (ConstantSparsity / "
+                   "PolynomialDecay with the spec's frequency, sparsity_m_by_n=(n, m) for N:M, block_size for "
+                   "blocks), strip_pruning at the end. One-shot = each wrapper's own conditional_mask_update. "
+                   "Blocks are scored natively by AVG pooling of |w| (= L1 norm for full blocks; edge blocks are "
+                   "averaged over their valid part); the L2 block norm, neuron and head pruning (masks + rebuild "
+                   "with clone_model) are emulated and one-shot. No global scope and no movement/L0/L1 criteria "
+                   "in TFMOT. Functional/Sequential models only.",
+        "quantization": "qat and weight_only: TFMOT quantize_annotate_layer + quantize_apply with our "
+                        "QuantizeConfigs (LastValueQuantizer per-axis/per-tensor, symmetric/asymmetric, 2-8 bits, "
+                        "narrow range; MovingAverageQuantizer for activations; LayerNormalization outputs in qat); "
+                        "overrides give per-layer configs. dynamic and static: the TFLite converter (dynamic range; "
+                        "full int8 with a representative dataset, min/max calibration): 8-bit symmetric narrow "
+                        "weights only, no overrides, and every Dense (classifier/pooler included) is quantized: "
+                        "other combinations are refused at apply time. Log mapping is an emulated fake-quant "
+                        "quantizer (weight_only/qat).",
+        "distillation": "A GradientTape loop with a frozen teacher; TFMOT has no distillation.",
+        "low_rank": "tf.linalg.svd, each Dense replaced by two Dense layers (<name>.0, <name>.1).",
+        "finetune": "A GradientTape loop; weights that are exactly zero stay zero.",
     }
     return Capabilities("tensorflow", build_table(rows), notes)

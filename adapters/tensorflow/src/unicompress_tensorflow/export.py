@@ -39,7 +39,30 @@ def _erfc_as_one_minus_erf(ctx, node, name, args):
     ctx.replace_inputs(node, [one.output[0], erf.output[0]])
 
 
-CUSTOM_OP_HANDLERS = {"Erfc": (_erfc_as_one_minus_erf, [])}
+def _tflite_gelu(ctx, node, name, args):
+    """tf2onnx custom handler for the TFLite GELU op (no ONNX Gelu before opset 20):
+    0.5 * x * (1 + erf(x / sqrt(2))), or the tanh form when the op says approximate."""
+    x = node.input[0]
+    np_dtype = tf2onnx_utils.map_onnx_to_numpy_type(ctx.get_dtype(x))
+
+    def const(value):
+        return ctx.make_const(tf2onnx_utils.make_name("gelu_c"), np.array(value, dtype=np_dtype)).output[0]
+
+    if node.get_attr_value("approximate", False):
+        cube = ctx.make_node("Mul", [x, ctx.make_node("Mul", [x, x]).output[0]]).output[0]
+        inner = ctx.make_node("Add", [x, ctx.make_node("Mul", [cube, const(0.044715)]).output[0]]).output[0]
+        core = ctx.make_node("Tanh", [ctx.make_node("Mul", [inner, const(np.sqrt(2 / np.pi))]).output[0]])
+    else:
+        core = ctx.make_node("Erf", [ctx.make_node("Mul", [x, const(1 / np.sqrt(2))]).output[0]])
+    one_plus = ctx.make_node("Add", [core.output[0], const(1.0)]).output[0]
+    half_x = ctx.make_node("Mul", [x, const(0.5)]).output[0]
+    node.type = "Mul"
+    for attr in list(node.attr):
+        del node.attr[attr]
+    ctx.replace_inputs(node, [half_x, one_plus])
+
+
+CUSTOM_OP_HANDLERS = {"Erfc": (_erfc_as_one_minus_erf, []), "TFL_GELU": (_tflite_gelu, [])}
 
 
 def input_signature(model: Any) -> list[tf.TensorSpec]:
@@ -66,6 +89,44 @@ def keras_to_onnx(model: Any, opset: int = 17) -> onnx.ModelProto:
     return rename_io(proto, {proto.graph.output[0].name: OUTPUT_NAME})
 
 
+def weights_as_qdq(proto: onnx.ModelProto, qweights: dict) -> int:
+    """Store fake-quantized weights as integers + DequantizeLinear (QDQ); returns how many were rewritten.
+
+    TensorFlow's grappler constant-folds FakeQuant on a constant kernel while tf2onnx freezes the graph,
+    so a TFMOT-quantized Dense reaches ONNX as a float initializer holding the dequantized values. We
+    find that initializer (same shape and values as the toolkit's integers times scales, kernel layout
+    [in, out]) and replace it by the integers and a per-axis DequantizeLinear.
+    """
+    from onnx import helper, numpy_helper
+
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    done = 0
+    for name, t in qweights.items():
+        if t.mapping != "linear" or t.bits > 8:
+            continue
+        kernel = t.dequantize().T.astype(np.float32)  # [in, out]
+        match = next((n for n, init in inits.items() if tuple(init.dims) == kernel.shape
+                      and np.allclose(numpy_helper.to_array(init), kernel, rtol=0, atol=1e-6)), None)
+        if match is None:
+            continue
+        signed = bool(np.asarray(t.q).min() < 0) or not np.any(np.asarray(t.zero_point))
+        dtype = np.int8 if signed else np.uint8
+        q = np.asarray(t.q).T.astype(dtype)
+        scale = np.asarray(t.scale, np.float32)
+        zp = np.asarray(t.zero_point).astype(dtype)
+        g.initializer.remove(inits.pop(match))
+        g.initializer.extend([numpy_helper.from_array(q, f"{match}_quantized"),
+                              numpy_helper.from_array(scale, f"{match}_scale"),
+                              numpy_helper.from_array(zp, f"{match}_zero_point")])
+        attrs = {"axis": 1} if scale.ndim == 1 else {}
+        g.node.insert(0, helper.make_node("DequantizeLinear", [f"{match}_quantized", f"{match}_scale",
+                                                               f"{match}_zero_point"], [match],
+                                          name=f"{name}/DequantizeLinear", **attrs))
+        done += 1
+    return done
+
+
 def tflite_to_onnx(flatbuffer: bytes, opset: int = 17) -> onnx.ModelProto:
     """tf2onnx.convert.from_tflite: TFLite int8 tensors become QuantizeLinear/DequantizeLinear (QDQ)."""
     import tempfile
@@ -89,8 +150,13 @@ def export_onnx(model: Any, path: Path, example: Inputs, opset: int = 17) -> Pat
     """Write the model as ONNX (quantized models as QDQ), checked by onnx.checker; returns the path."""
     from .quantization import TFLiteModel  # local: quantization imports this module
 
-    proto = tflite_to_onnx(model.flatbuffer, opset) if isinstance(model, TFLiteModel) else \
-        keras_to_onnx(model, opset)
+    from .quantization import quantized_weights
+
+    if isinstance(model, TFLiteModel):
+        proto = tflite_to_onnx(model.flatbuffer, opset)
+    else:
+        proto = keras_to_onnx(model, opset)
+        weights_as_qdq(proto, quantized_weights(model))
     onnx.checker.check_model(proto)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))

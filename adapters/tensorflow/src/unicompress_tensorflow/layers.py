@@ -27,7 +27,7 @@ from .models import FactorizedDense, ScaledDotProductAttention, custom_objects  
 
 _MHA_PARTS = (("query", "_query_dense"), ("key", "_key_dense"), ("value", "_value_dense"),
               ("attention_output", "_output_dense"))
-_BLOCK = re.compile(r"\.(?:layer|layers|blocks|block|h)\.(\d+)\.")
+_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block|h)\.(\d+)\.")
 # A TFMOT QuantizeWrapper replaces its layer's `kernel` attribute by the fake-quantized tensor (and the
 # layer stops tracking the variable); the float variable lives in the wrapper's `_weight_vars`.
 _FLOAT_KERNELS: "weakref.WeakKeyDictionary[Any, tf.Variable]" = weakref.WeakKeyDictionary()
@@ -71,15 +71,27 @@ def _entries(model: Any) -> Iterator[tuple[str, Any]]:
                     _FLOAT_KERNELS[unwrap(outer)] = weight
             yield from _expand(unwrap(outer).name, unwrap(outer))
     else:  # subclassed: dotted attribute paths are the only stable names
-        seen: set[int] = set()
-        for path, mod in model._flatten(predicate=lambda m: isinstance(m, keras.layers.Layer), with_path=True):
-            mod = unwrap(mod)
-            if id(mod) in seen or mod is model:
+        yield from _walk_attributes(model, "", set())
+
+
+def _walk_attributes(obj: Any, prefix: str, seen: set[int]) -> Iterator[tuple[str, Any]]:
+    """(dotted attribute path, leaf) through the public attributes (and lists) of a subclassed model."""
+    for attr, value in vars(obj).items():
+        if attr.startswith("_"):
+            continue
+        items = [(attr, value)] if isinstance(value, keras.layers.Layer) else \
+            [(f"{attr}.{i}", v) for i, v in enumerate(value)] if isinstance(value, (list, tuple)) else []
+        for name, layer in items:
+            layer = unwrap(layer)
+            if not isinstance(layer, keras.layers.Layer) or id(layer) in seen:
                 continue
-            seen.add(id(mod))
-            name = ".".join(str(p).lstrip("_") for p in path)
-            if isinstance(mod, (keras.layers.Dense, keras.layers.Embedding, keras.layers.EinsumDense)):
-                yield name, mod
+            seen.add(id(layer))
+            path = f"{prefix}{name}"
+            leaves = list(_expand(path, layer))
+            if leaves and not isinstance(layer, keras.Model):
+                yield from leaves
+            else:
+                yield from _walk_attributes(layer, f"{path}.", seen)
 
 
 def _expand(name: str, layer: Any) -> Iterator[tuple[str, Any]]:

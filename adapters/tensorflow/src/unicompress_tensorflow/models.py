@@ -63,9 +63,14 @@ class ScaledDotProductAttention(keras.layers.Layer):
         self.num_heads = int(num_heads)
         self.head_dim = int(head_dim)
 
+    @staticmethod
+    def _length(x):
+        # the static length when known: tf2onnx's optimizer mis-folds a Shape taken after Dense's
+        # Tensordot reshape (ViT export failed with shape {B*L, H} -> {B*L, H, heads, d})
+        return x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
+
     def _split(self, x):
-        b, n = tf.shape(x)[0], tf.shape(x)[1]
-        return tf.transpose(tf.reshape(x, [b, n, self.num_heads, self.head_dim]), [0, 2, 1, 3])
+        return tf.transpose(tf.reshape(x, [-1, self._length(x), self.num_heads, self.head_dim]), [0, 2, 1, 3])
 
     def scores(self, q, k, bias=None):
         """Attention probabilities [B, heads, L, L] (used by relation distillation)."""
@@ -79,8 +84,7 @@ class ScaledDotProductAttention(keras.layers.Layer):
         bias = inputs[3] if len(inputs) > 3 else None
         p = self.scores(q, k, bias)
         ctx = tf.matmul(p, self._split(v))
-        b, n = tf.shape(q)[0], tf.shape(q)[1]
-        return tf.reshape(tf.transpose(ctx, [0, 2, 1, 3]), [b, n, self.num_heads * self.head_dim])
+        return tf.reshape(tf.transpose(ctx, [0, 2, 1, 3]), [-1, self._length(q), self.num_heads * self.head_dim])
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_heads": self.num_heads, "head_dim": self.head_dim}

@@ -98,23 +98,23 @@ def train(model: Any, data: TaskData, spec: TrainingSpec, ctx: StageContext, *,
     return losses
 
 
-def zero_masks(model: Any) -> dict[tf.Variable, tf.Tensor]:
-    """Where every Dense kernel is exactly zero now (pruned weights), to keep them zero while training."""
-    out = {}
+def zero_masks(model: Any) -> list[tuple[tf.Variable, tf.Tensor]]:
+    """(kernel, mask) of every Dense kernel with exact zeros (pruned weights), to keep them zero."""
+    out = []
     for layer in named_layers(model).values():
         if isinstance(layer, keras.layers.Embedding):
             continue
         kernel = layer.kernel
         mask = tf.cast(tf.not_equal(kernel, 0.0), kernel.dtype)
         if float(tf.reduce_min(mask)) == 0.0:
-            out[kernel] = mask
+            out.append((kernel, mask))
     return out
 
 
-def keep_zeros(masks: dict[tf.Variable, tf.Tensor]) -> Callable[[int], None]:
+def keep_zeros(masks: list[tuple[tf.Variable, tf.Tensor]]) -> Callable[[int], None]:
     """An after_step hook that multiplies the kernels by their masks again."""
     def hook(step: int) -> None:
-        for var, mask in masks.items():
+        for var, mask in masks:
             var.assign(var * mask)
     return hook
 

@@ -33,15 +33,20 @@ LOW_RANK_ROWS = [
 ]
 FINETUNE_ROWS = [
     ("finetune", "training.distributed", ["none"], Support.native),
+    # torch.distributed (gloo on CPU, nccl on CUDA) + DistributedDataParallel under torchrun
+    ("finetune", "training.distributed", ["data_parallel"], Support.native),
 ]
 
 NOTES = {
     "pruning": "masks through torch.nn.utils.prune, made permanent with prune.remove; head/neuron removal "
-               "rebuilds the Linears (HF config.pruned_heads / intermediate sizes updated). Head pruning of "
-               "nn.MultiheadAttention (packed in_proj) is refused.",
+               "rebuilds the Linears (HF config.pruned_heads / intermediate sizes updated). Heads of "
+               "nn.MultiheadAttention (packed in_proj) are masked but not removed (remove_pruned: true is "
+               "refused there). N:M is local to each group, so scope global equals per_layer for it.",
     "low_rank": "a Linear becomes LowRankLinear(Linear(in, r), Linear(r, out)) under the same name "
                 "(children '.0' and '.1').",
-    "finetune": "AdamW/SGD, linear warmup then constant learning rate; pruned zeros are kept zero.",
+    "finetune": "AdamW/SGD, linear warmup then constant learning rate; pruned zeros are kept zero. "
+                "data_parallel: DistributedDataParallel in processes started by torchrun (gloo on CPU, "
+                "nccl for a CUDA model); each rank trains on rows rank::world_size of every batch.",
 }
 
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -8,7 +8,8 @@ HF BERT, the zoo ViT and nn.TransformerEncoder. Inputs keep their names (``input
 dynamic. Constant folding is off so pruned zeros stay visible in the weight initializers.
 
 Native export: ``model.safetensors`` (the state dict, no pickle) and ``config.json`` (the model's
-config and the unicompress metadata: zoo name, pruned heads, per-layer FFN sizes, low-rank layers).
+config and the unicompress metadata: zoo name, pruned heads, per-layer FFN sizes, low-rank layers);
+`load_native` rebuilds zoo models from it, removed heads, neurons and factorised layers included.
 """
 from __future__ import annotations
 
@@ -123,3 +124,47 @@ def export_native(model: nn.Module, directory: Path, metadata: Optional[dict[str
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(info, indent=2, default=str))
     return directory
+
+
+def load_native(directory: Path) -> nn.Module:
+    """Rebuild a zoo model written by `export_native`, with its removed heads/neurons and low-rank layers.
+
+    The zoo model is built at its original size, every Linear whose saved shape differs is replaced by
+    one of the saved shape (a `LowRankLinear` where one was saved), head counts follow the new widths,
+    and the safetensors state is loaded strictly. Models that are not from the zoo cannot be rebuilt
+    from data alone: build the module yourself and `safetensors.torch.load_model` into it.
+    """
+    from safetensors.torch import load_file
+
+    from .models import build_model
+
+    directory = Path(directory)
+    info = json.loads((directory / "config.json").read_text())
+    if not info.get("zoo"):
+        raise ValueError(f"{directory} holds a {info.get('class')} that is not a zoo model; build the module "
+                         "yourself and load model.safetensors with safetensors.torch.load_model")
+    model = build_model(info["zoo"], num_labels=info.get("config", {}).get("num_labels"))
+    shapes = {k: tuple(v) for k, v in info["layer_shapes"].items()}
+    for name in info.get("low_rank_layers", []):
+        first, second = shapes[f"{name}.0"], shapes[f"{name}.1"]
+        L.replace_module(model, name, L.LowRankLinear(nn.Linear(first[1], first[0], bias=False),
+                                                      nn.Linear(second[1], second[0])))
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and name in shapes and tuple(module.weight.shape) != shapes[name]:
+            out_f, in_f = shapes[name]
+            L.replace_module(model, name, nn.Linear(in_f, out_f, bias=module.bias is not None))
+    for module in model.modules():  # head counts follow the (possibly narrowed) query width
+        if all(hasattr(module, a) for a in ("num_attention_heads", "query", "attention_head_size")):
+            query = module.query[-1] if isinstance(module.query, L.LowRankLinear) else module.query
+            module.num_attention_heads = query.out_features // module.attention_head_size
+            if hasattr(module, "all_head_size"):
+                module.all_head_size = query.out_features
+    state = load_file(str(directory / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.endswith(("position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise KeyError(f"saved state does not fit the rebuilt model: missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}")
+    model.unicompress_pruned_heads = {int(k): v for k, v in info.get("pruned_heads", {}).items()}
+    model.unicompress_intermediate_sizes = {int(k): v for k, v in info.get("intermediate_sizes", {}).items()}
+    return model.eval()

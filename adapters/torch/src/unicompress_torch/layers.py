@@ -147,7 +147,8 @@ def set_weights(model: nn.Module, values: dict[str, np.ndarray]) -> None:
             target = getattr(rec.module, rec.param)
         new = torch.as_tensor(np.asarray(value, dtype=np.float32))
         if tuple(new.shape) != tuple(target.shape):
-            raise ValueError(f"{name}: weight shape {tuple(new.shape)} does not match the layer's {tuple(target.shape)}")
+            raise ValueError(f"{name}: weight shape {tuple(new.shape)} does not match the layer's "
+                             f"{tuple(target.shape)}")
         with torch.no_grad():
             target.copy_(new)
             mask = getattr(rec.module, rec.param + "_mask", None)

@@ -30,8 +30,8 @@ from torch.nn.utils import parametrize, prune
 
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import TaskData
-from unicompress.zoo.vit import ViTConfig
 from unicompress.specs import Criterion, Granularity, Norm, PruningSpec, ScheduleKind, Scope
+from unicompress.zoo.vit import ViTConfig
 
 from . import layers as L
 from .training import cross_entropy_loss, train_loop
@@ -118,7 +118,7 @@ def expand_blocks(keep: torch.Tensor, block_shape: Sequence[int], shape: Sequenc
 
 # ---- what a spec prunes -------------------------------------------------------------------------------
 @dataclass
-class Tensor_:
+class WeightRef:
     """One weight tensor pruned as a whole (unstructured, n_m, block, or rows of a lone Linear)."""
 
     name: str
@@ -134,8 +134,8 @@ class FFNPair:
     """FFN neurons: rows of `ffn_in` (and its bias), columns of `ffn_out`."""
 
     block: int
-    ffn_in: Tensor_
-    ffn_out: Tensor_
+    ffn_in: WeightRef
+    ffn_out: WeightRef
     container: Optional[nn.Module] = None  # the Transformer block (for removal)
 
 
@@ -144,10 +144,10 @@ class Heads:
     """Attention heads of one block: rows of Q/K/V (and their biases), columns of O."""
 
     block: int
-    q: Tensor_
-    k: Tensor_
-    v: Tensor_
-    o: Tensor_
+    q: WeightRef
+    k: WeightRef
+    v: WeightRef
+    o: WeightRef
     num_heads: int
     head_dim: int
     self_attention: nn.Module
@@ -164,11 +164,11 @@ class Heads:
 @dataclass
 class Targets:
     granularity: Granularity
-    tensors: list[Tensor_] = field(default_factory=list)
+    tensors: list[WeightRef] = field(default_factory=list)
     ffn: list[FFNPair] = field(default_factory=list)
     heads: list[Heads] = field(default_factory=list)
 
-    def all_tensors(self) -> list[Tensor_]:
+    def all_tensors(self) -> list[WeightRef]:
         """Every weight tensor the masks touch (for the achieved-sparsity measure)."""
         out = list(self.tensors)
         for p in self.ffn:
@@ -181,8 +181,8 @@ class Targets:
         return list(unique.values())
 
 
-def _t(rec: L.LayerRecord) -> Tensor_:
-    return Tensor_(rec.name, rec.module, rec.param)
+def _t(rec: L.LayerRecord) -> WeightRef:
+    return WeightRef(rec.name, rec.module, rec.param)
 
 
 def resolve_targets(model: nn.Module, spec: PruningSpec) -> Targets:
@@ -237,10 +237,10 @@ def resolve_targets(model: nn.Module, spec: PruningSpec) -> Targets:
 
 
 # ---- importance ------------------------------------------------------------------------------------------
-Importance = Callable[[Tensor_], torch.Tensor]  # per-weight importance (>= 0), same shape as the weight
+Importance = Callable[[WeightRef], torch.Tensor]  # per-weight importance (>= 0), same shape as the weight
 
 
-def magnitude(t: Tensor_) -> torch.Tensor:
+def magnitude(t: WeightRef) -> torch.Tensor:
     return t.weight().abs()
 
 
@@ -261,7 +261,7 @@ def head_unit_scores(h: Heads, imp: Importance, norm: str) -> torch.Tensor:
 
 
 def compute_masks(targets: Targets, spec: PruningSpec, amount: float, imp: Importance,
-                  unit_scores: Optional[dict] = None) -> dict[tuple[int, str], tuple[Tensor_, torch.Tensor]]:
+                  unit_scores: Optional[dict] = None) -> dict[tuple[int, str], tuple[WeightRef, torch.Tensor]]:
     """Masks (1 = kept) for every touched tensor at sparsity `amount` (n_m: `amount` = N'/M).
 
     `unit_scores` may give precomputed scores per FFN pair / head block / block tensor (e.g. L0 gates).
@@ -270,9 +270,9 @@ def compute_masks(targets: Targets, spec: PruningSpec, amount: float, imp: Impor
     g, norm = spec.granularity, spec.norm.value
     out: dict = {}
 
-    def put(t: Tensor_, mask: torch.Tensor, param: Optional[str] = None) -> None:
+    def put(t: WeightRef, mask: torch.Tensor, param: Optional[str] = None) -> None:
         p = param or t.param
-        out[(id(t.module), p)] = (Tensor_(t.name, t.module, p), mask.to(torch.float32))
+        out[(id(t.module), p)] = (WeightRef(t.name, t.module, p), mask.to(torch.float32))
 
     if g is Granularity.unstructured:
         scores = [imp(t) for t in targets.tensors]
@@ -378,9 +378,7 @@ def make_permanent(model: nn.Module) -> None:
     """`prune.remove` every pruning hook: the zeros become part of the plain parameters."""
     for module in model.modules():
         for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(module, hook._tensor_name)
-            elif isinstance(hook, prune.PruningContainer):
+            if isinstance(hook, prune.BasePruningMethod):  # PruningContainer included
                 prune.remove(module, hook._tensor_name)
 
 
@@ -544,7 +542,7 @@ class GradualPruner:
         return self.current
 
     # -- criteria
-    def importance(self, t: Tensor_) -> torch.Tensor:
+    def importance(self, t: WeightRef) -> torch.Tensor:
         gate = self.gates.get(id(t.module))
         if gate is not None and self.spec.granularity in (Granularity.unstructured, Granularity.n_m):
             la = gate.log_alpha.detach()
@@ -623,7 +621,7 @@ class GradualPruner:
                 self._gate(h.o, (h.num_heads,), lambda z, d=d: z.repeat_interleave(d)[None, :],
                            key=h.self_attention)
 
-    def _gate(self, t: Tensor_, units, expand, key: Optional[nn.Module] = None) -> None:
+    def _gate(self, t: WeightRef, units, expand, key: Optional[nn.Module] = None) -> None:
         gate = HardConcreteGate(tuple(units), expand)
         parametrize.register_parametrization(t.module, t.param, gate)
         self.gates[id(key if key is not None else t.module)] = gate

@@ -35,6 +35,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from torch.nn.utils import parametrize
 
 from unicompress.backend.adapter import StageContext
@@ -127,6 +128,9 @@ def apply_quantization(model: nn.Module, spec: QuantizationSpec, data: Optional[
     if spec.activation_bits != 8 and spec.mode in (QuantMode.dynamic, QuantMode.static, QuantMode.qat):
         raise NotImplementedError("the torch adapter quantizes activations to 8 bits only "
                                   f"(quantization.activation_bits: got {spec.activation_bits})")
+    if spec.calibration.method is not CalibrationMethod.minmax and spec.mode is not QuantMode.static:
+        raise NotImplementedError(f"calibration.method {spec.calibration.method.value!r} applies to mode 'static' "
+                                  f"only; mode {spec.mode.value!r} uses min-max ranges")
     model.eval()
     plan = plan_layers(model, spec)
     if spec.mapping is Mapping.log:
@@ -214,7 +218,8 @@ def _apply_dynamic(model: nn.Module, spec: QuantizationSpec, plan: dict[str, Lay
     qconfigs = {name: QConfig(activation=act, weight=_weight_observer_ao(lq)) for name, lq in plan.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # quantize_dynamic is deprecated, still the fbgemm path
-        model = quantize_dynamic(model, qconfigs, dtype=torch.qint8, inplace=True)
+        model = quantize_dynamic(model, qconfigs, dtype=torch.qint8, inplace=True,
+                                 mapping={nn.Linear: FullRangeDynamicLinear})
     done = {n for n, m in model.named_modules() if _is_dynamic_linear(m)}
     missing = sorted(set(plan) - done)
     if missing:
@@ -222,6 +227,21 @@ def _apply_dynamic(model: nn.Module, spec: QuantizationSpec, plan: dict[str, Lay
     _keep_encoder_slow_path(model)
     setattr(model, RECORD_ATTR, QuantRecord("dynamic", "linear", plan, 8, False))
     return model
+
+
+class FullRangeDynamicLinear(DynamicLinear):
+    """torch.ao's dynamic Linear with 8-bit activations.
+
+    `torch.ao.nn.quantized.dynamic.Linear.forward` calls fbgemm's ``quantized::linear_dynamic`` with
+    ``reduce_range=True``, i.e. activations on [0, 127] (7 bits: a guard against 16-bit overflow on CPUs
+    without VNNI). The spec's activation_bits 8 means [0, 255], as ONNX Runtime's DynamicQuantizeLinear
+    does, so this subclass (swapped in through quantize_dynamic's documented `mapping` argument) calls the
+    same native op with ``reduce_range=False``.
+    """
+
+    def forward(self, x):
+        y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
+        return y.to(x.dtype)
 
 
 def _slow_path_hook(module: nn.Module, args: Any) -> None:
@@ -241,8 +261,6 @@ def _keep_encoder_slow_path(model: nn.Module) -> None:
 
 
 def _is_dynamic_linear(module: nn.Module) -> bool:
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
     return isinstance(module, DynamicLinear)
 
 
@@ -297,15 +315,16 @@ def _weight_only_raw(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray
 
 
 # ---- static / QAT: torchao PT2E ------------------------------------------------------------------------
-def _make_percentile_observer():
-    from torchao.quantization.pt2e.observer import MinMaxObserver
+def _make_observers() -> dict[str, type]:
+    """Observer subclasses for the calibration methods torchao has no observer for (built on first use,
+    so importing this module does not import torchao)."""
+    from torchao.quantization.pt2e.observer import MinMaxObserver, PerChannelMinMaxObserver
 
-    class _PercentileObserver(MinMaxObserver):
-        """Activation range = the p-th percentile of |x| (symmetric) or the (100-p, p) percentiles.
+    class PercentileObserver(MinMaxObserver):
+        """Activation range = the p-th percentile of |x| (symmetric) or the (100-p, p) percentiles of x.
 
-        Keeps a bounded sample of the observed values (every k-th element, at most `max_samples`) and
-        hands the percentile range to the base class's `_calculate_qparams`, so dtype, qscheme and
-        quant_min/quant_max handling stay torchao's.
+        Keeps a bounded sample of the observed values (every k-th element) and hands the percentile range
+        to torchao's `_calculate_qparams`, so dtype, qscheme and quant_min/quant_max stay torchao's.
         """
 
         def __init__(self, percentile: float = 99.99, max_samples: int = 1 << 20, **kwargs):
@@ -327,26 +346,93 @@ def _make_percentile_observer():
             if not self._samples:
                 return super().calculate_qparams()
             x = torch.cat(self._samples).double().numpy()
-            if self.qscheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric):
-                amax = float(np.percentile(np.abs(x), self.percentile))
-                lo, hi = -amax, amax
-            else:
-                lo = float(np.percentile(x, 100 - self.percentile))
-                hi = float(np.percentile(x, self.percentile))
-            return self._calculate_qparams(torch.tensor(lo), torch.tensor(hi))
+            lo, hi = _percentile_range(x[None, :], self.percentile, _symmetric(self.qscheme))
+            return self._calculate_qparams(torch.tensor(lo[0]), torch.tensor(hi[0]))
 
-    return _PercentileObserver
+    class WeightClipObserver(PerChannelMinMaxObserver):
+        """Weight range by percentile or by the MSE-minimising clip, per channel or per tensor.
+
+        percentile: |w| (symmetric) or w clipped at the p-th percentile of each channel; mse: the fraction
+        of the min-max range (1.0 down to 0.3 in 1% steps) whose quantize-dequantize round trip, done with
+        this observer's own qparams, has the lowest mean squared error. With ``per_tensor`` the whole
+        tensor is one channel and the qscheme is the per-tensor one.
+        """
+
+        def __init__(self, method: str = "minmax", percentile: float = 99.99, per_tensor: bool = False,
+                     **kwargs):
+            if per_tensor:
+                kwargs["qscheme"] = {torch.per_tensor_symmetric: torch.per_channel_symmetric,
+                                     torch.per_tensor_affine: torch.per_channel_affine}[kwargs["qscheme"]]
+            super().__init__(**kwargs)
+            self.method, self.percentile, self.per_tensor = method, float(percentile), bool(per_tensor)
+            if per_tensor:  # report the per-tensor scheme to prepare/convert
+                self.qscheme = {torch.per_channel_symmetric: torch.per_tensor_symmetric,
+                                torch.per_channel_affine: torch.per_tensor_affine}[self.qscheme]
+            self._weight: Optional[torch.Tensor] = None
+
+        def forward(self, x_orig):
+            self._weight = x_orig.detach().clone()
+            return x_orig
+
+        def _rows(self) -> torch.Tensor:
+            w = self._weight.double()
+            if self.per_tensor:
+                return w.reshape(1, -1)
+            return w.transpose(0, self.ch_axis).reshape(w.shape[self.ch_axis], -1)
+
+        def _qparams(self, lo: torch.Tensor, hi: torch.Tensor):
+            scheme = self.qscheme
+            if self.per_tensor:  # torchao's per-tensor branch wants 0-d min/max
+                return self._calculate_qparams(lo.reshape(()).float(), hi.reshape(()).float())
+            return self._calculate_qparams(lo.float(), hi.float())
+
+        @torch.jit.export
+        def calculate_qparams(self):
+            if self._weight is None:
+                raise RuntimeError("the weight observer saw no weight")
+            rows = self._rows()
+            if self.method == "percentile":
+                lo, hi = _percentile_range(rows.numpy(), self.percentile, _symmetric(self.qscheme))
+                return self._qparams(torch.from_numpy(lo), torch.from_numpy(hi))
+            lo0, hi0 = rows.min(dim=1).values, rows.max(dim=1).values
+            if self.method != "mse":
+                return self._qparams(lo0, hi0)
+            best_err = torch.full_like(lo0, float("inf"))
+            best_lo, best_hi = lo0.clone(), hi0.clone()
+            for frac in np.linspace(1.0, 0.3, 71):
+                lo, hi = lo0 * frac, hi0 * frac
+                scale, zp = self._qparams(lo, hi)
+                s, z = scale.double().reshape(-1, 1), zp.double().reshape(-1, 1)
+                q = torch.clamp(torch.round(rows / s) + z, self.quant_min, self.quant_max)
+                err = (((q - z) * s - rows) ** 2).mean(dim=1)
+                better = err < best_err - 1e-15
+                best_err = torch.where(better, err, best_err)
+                best_lo, best_hi = torch.where(better, lo, best_lo), torch.where(better, hi, best_hi)
+            return self._qparams(best_lo, best_hi)
+
+    return {"percentile": PercentileObserver, "weight_clip": WeightClipObserver}
 
 
-_PERCENTILE_CLS = None
+def _symmetric(qscheme) -> bool:
+    return qscheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric)
 
 
-def percentile_observer_class():
-    """The percentile observer class (a torchao MinMaxObserver subclass)."""
-    global _PERCENTILE_CLS
-    if _PERCENTILE_CLS is None:
-        _PERCENTILE_CLS = _make_percentile_observer()
-    return _PERCENTILE_CLS
+def _percentile_range(rows: np.ndarray, percentile: float, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (lo, hi): +-percentile(|x|) when symmetric, else the (100-p, p) percentiles."""
+    if symmetric:
+        amax = np.percentile(np.abs(rows), percentile, axis=1)
+        return -amax, amax
+    return np.percentile(rows, 100 - percentile, axis=1), np.percentile(rows, percentile, axis=1)
+
+
+_OBSERVERS: dict[str, type] = {}
+
+
+def observer_class(kind: str) -> type:
+    """The observer subclass ``"percentile"`` (activations) or ``"weight_clip"`` (weights)."""
+    if not _OBSERVERS:
+        _OBSERVERS.update(_make_observers())
+    return _OBSERVERS[kind]
 
 
 def _pt2e_config(lq: LayerQuant, spec: QuantizationSpec, is_qat: bool):
@@ -367,7 +453,7 @@ def _pt2e_config(lq: LayerQuant, spec: QuantizationSpec, is_qat: bool):
         elif method is CalibrationMethod.mse:
             act_ctr = HistogramObserver.with_args(**eps)  # L2-norm minimising range search
         else:
-            act_ctr = percentile_observer_class().with_args(percentile=spec.calibration.percentile, **eps)
+            act_ctr = observer_class("percentile").with_args(percentile=spec.calibration.percentile, **eps)
     act = QSpec(dtype=adtype, quant_min=amin, quant_max=amax_, qscheme=a_scheme, is_dynamic=False,
                 observer_or_fake_quant_ctr=act_ctr)
     qmin, qmax = lq.torch_range
@@ -377,8 +463,14 @@ def _pt2e_config(lq: LayerQuant, spec: QuantizationSpec, is_qat: bool):
     else:
         w_scheme = torch.per_tensor_symmetric if lq.symmetric else torch.per_tensor_affine
         w_obs = MovingAverageMinMaxObserver if is_qat else MinMaxObserver
-    w_ctr = (FusedMovingAvgObsFakeQuantize.with_args(observer=w_obs, **eps) if is_qat
-             else w_obs.with_args(**eps))
+    method = spec.calibration.method
+    if is_qat:
+        w_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=w_obs, **eps)
+    elif method is CalibrationMethod.minmax:
+        w_ctr = w_obs.with_args(**eps)
+    else:  # the spec's clipping applies to weights too (reference: quantize_weight(method=...))
+        w_ctr = observer_class("weight_clip").with_args(method=method.value, percentile=spec.calibration.percentile,
+                                                        per_tensor=not lq.per_channel, ch_axis=0, **eps)
     weight = QSpec(dtype=torch.int8, quant_min=qmin, quant_max=qmax, qscheme=w_scheme,
                    ch_axis=0 if lq.per_channel else None, is_dynamic=False, observer_or_fake_quant_ctr=w_ctr)
     return QuantizationConfig(act, act, weight, None, is_qat)
@@ -477,14 +569,15 @@ class PT2EQuantizedModel(nn.Module):
         self.__dict__["float_model"] = float_model  # not a submodule: layer discovery must not see it
         self.__dict__["config"] = getattr(float_model, "config", None)
         setattr(self, RECORD_ATTR, record)
+        self.training = False
 
     def forward(self, **inputs):
         return self.graph(**inputs)
 
     def train(self, mode: bool = True):
-        if mode:
-            raise RuntimeError("a converted PT2E model is for inference; quantize with mode 'qat' to train")
-        self.training = False
+        # the converted graph has no training behaviour to switch (exported graphs refuse .train());
+        # keep the flag so generic code (model.train(was_training)) works
+        self.training = bool(mode)
         return self
 
 
@@ -643,17 +736,15 @@ def dequantized_model(model: nn.Module) -> nn.Module:
     for name in rec.layers:
         module = twin.get_submodule(name)
         w = torch.as_tensor(qw[name].dequantize(), dtype=torch.float32)
-        if rec.mapping == "log":
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-            with torch.no_grad():
-                module.weight.copy_(w)
-            continue
-        if rec.mode in ("dynamic",):
-            new = nn.Linear(module.in_features, module.out_features, bias=module.bias() is not None)
+        if rec.mapping == "log" or rec.mode == "dynamic":
+            # a fresh nn.Linear: parametrize.remove_parametrizations on a deepcopy deletes the weight property
+            # from the ParametrizedLinear class the copy shares with the original model, breaking it
+            bias = module.bias() if rec.mode == "dynamic" and rec.mapping != "log" else module.bias
+            new = nn.Linear(module.in_features, module.out_features, bias=bias is not None)
             with torch.no_grad():
                 new.weight.copy_(w)
-                if module.bias() is not None:
-                    new.bias.copy_(module.bias().detach())
+                if bias is not None:
+                    new.bias.copy_(bias.detach())
             _layers.replace_module(twin, name, new)
         else:
             module.weight = nn.Parameter(w, requires_grad=False)
@@ -710,28 +801,29 @@ def export_onnx(model: nn.Module, path: Path, example: Inputs, opset: int = 17) 
             qw = quantized_weights(model)
             acts = ({n: a for n, (_, _, _, a) in _pt2e_weights(model.graph).items()}
                     if isinstance(model, PT2EQuantizedModel) else {})
-            rewrite_qdq(proto, rec, qw, acts)
+            floats = {n: twin.get_submodule(n).weight.detach().numpy() for n in rec.layers}
+            rewrite_qdq(proto, rec, qw, acts, floats)
             onnx.save(proto, str(tmp))
     return path
 
 
 # ---- QDQ / integer-op rewrite of the exported float graph ----------------------------------------------------
-def _layer_of_onnx_node(node_name: str) -> Optional[tuple[str, str]]:
-    """'/model/bert/encoder/layer.0/attention/self/query/MatMul' -> ('bert.encoder.layer.0....query', 'MatMul')."""
-    if not node_name.startswith("/model/"):
-        return None
-    path, _, op = node_name[len("/model/"):].rpartition("/")
-    return path.replace("/", "."), op
+def _fingerprint(a: np.ndarray) -> tuple:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return a.shape, hash(a.tobytes())
 
 
 def rewrite_qdq(proto: Any, record: QuantRecord, qweights: dict[str, QuantizedTensor],
-                activations: dict[str, Any]) -> int:
+                activations: dict[str, Any], float_weights: dict[str, np.ndarray]) -> int:
     """Rewrite the MatMul/Gemm of every quantized Linear in an exported float ONNX graph, in place.
 
     static/qat: ``x -> QuantizeLinear -> DequantizeLinear -> MatMul <- DequantizeLinear <- int weight``
     (the activation qparams are torch's calibrated ones); dynamic: ``DynamicQuantizeLinear -> MatMulInteger
     -> Cast -> Mul(x_scale) -> Mul(w_scale)``; weight-only: the weight DequantizeLinear only.
-    Returns the number of layers rewritten; raises when a quantized layer is not found in the graph.
+    Layers are found by value: the MatMul/Gemm weight initializer equals the layer's dequantized weight
+    (`float_weights`, [out, in]) or its transpose; TorchScript scope names lose module names when a
+    parent calls a grandchild directly, values do not. Returns the number of layers rewritten; raises
+    when a quantized layer is not found in the graph.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -748,20 +840,29 @@ def rewrite_qdq(proto: Any, record: QuantRecord, qweights: dict[str, QuantizedTe
         new_inits.append(numpy_helper.from_array(value, name))
         return name
 
+    by_value: dict[tuple, tuple[str, bool]] = {}  # fingerprint -> (layer, stored transposed [in, out])
+    for lname, w in float_weights.items():
+        if lname in qweights:
+            by_value[_fingerprint(w)] = (lname, False)
+            by_value[_fingerprint(np.asarray(w).T)] = (lname, True)
     for node in graph.node:
-        where = _layer_of_onnx_node(node.name)
-        if where is None or where[1] not in ("MatMul", "Gemm") or where[0] not in qweights:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
             continue
-        name, op = where
+        w_init = inits[node.input[1]]
+        hit = by_value.get(_fingerprint(numpy_helper.to_array(w_init)))
+        if hit is None or hit[0] in done:
+            continue
+        name, transposed = hit
+        op = node.op_type
         qt, lq = qweights[name], record.layers[name]
-        w_init = inits.get(node.input[1])
-        if w_init is None:
-            raise ValueError(f"ONNX node {node.name}: weight {node.input[1]!r} is not an initializer")
-        trans_b = op == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute)
+        trans_b = not transposed
+        if op == "MatMul" and trans_b:
+            continue  # a MatMul by W [out, in] would be another computation
         if op == "Gemm" and any(a.name in ("alpha", "beta") and abs(a.f - 1.0) > 0 for a in node.attribute):
             raise ValueError(f"ONNX node {node.name}: Gemm with alpha/beta != 1 is not rewritten")
+        if op == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute) != trans_b:
+            continue
         w_shape = tuple(w_init.dims)
-        out_dim = qt.q.shape[0]
         # [in, out] for MatMul and Gemm without transB; [out, in] with transB
         q = qt.q if trans_b else qt.q.T
         if tuple(q.shape) != w_shape:
@@ -844,5 +945,5 @@ def rewrite_qdq(proto: Any, record: QuantRecord, qweights: dict[str, QuantizedTe
 
 
 __all__ = ["apply_quantization", "quantized_weights", "is_quantized", "export_onnx", "export_float_onnx",
-           "dequantized_model", "PT2EQuantizedModel", "LogQuantWeight", "LayerQuant", "QuantRecord",
-           "plan_layers", "percentile_observer_class", "describe", "RECORD_ATTR", "rewrite_qdq"]
+           "dequantized_model", "PT2EQuantizedModel", "FullRangeDynamicLinear", "LogQuantWeight", "LayerQuant", "QuantRecord",
+           "plan_layers", "observer_class", "describe", "RECORD_ATTR", "rewrite_qdq"]

@@ -5,6 +5,9 @@ Public pieces other modules build on (keep their signatures stable):
   - `forward_logits(model, inputs)`: logits of HF models, plain modules returning a tensor or a tuple
   - `train_loop(model, data, training, ctx, loss_fn=None, on_step=None, extra_params=None)`
   - `apply_finetune(model, spec, data, ctx)`: the FineTuneSpec handler
+
+``training.distributed: data_parallel`` makes `train_loop` train with DistributedDataParallel under
+torchrun (see `distributed.py`), for every stage that trains through it.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from torch.nn.utils import parametrize, prune
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import Inputs, TaskData
 from unicompress.specs import FineTuneSpec, Optimizer, TrainingSpec
+
+from .distributed import data_parallel_for
 
 #: key used when a batch is a bare array rather than named arrays
 TENSOR_KEY = "input"
@@ -48,6 +53,8 @@ def to_torch_inputs(inputs: Inputs) -> dict[str, torch.Tensor]:
 
 
 def _accepts(model: nn.Module, names: Sequence[str]) -> bool:
+    # DDP's forward takes (*inputs, **kwargs): ask the module it wraps
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -168,41 +175,60 @@ def train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: Op
     - Weights that are exactly zero (pruned earlier) stay zero: they get a torch prune mask for the
       duration (`keep_zeros`); weights under an existing prune mask keep theirs.
     Logs ``ctx.log("loss", step, value)`` every `training.log_every` steps (default every step).
+    With ``training.distributed == data_parallel`` (under torchrun) the model trains inside
+    DistributedDataParallel: each rank takes rows ``rank::world_size`` of every global batch, the logged
+    loss is the global one, hooks see the plain module, and every rank returns the same plain module.
 
     Example: ``train_loop(model, data, TrainingSpec(steps=10, learning_rate=1e-3), ctx)``.
     """
     ctx = ctx or StageContext()
     loss_fn = loss_fn or cross_entropy_loss
     torch.manual_seed(training.seed)
+    dp = data_parallel_for(training, model)  # None unless data_parallel (then: joined torchrun's group)
     masked = _zero_masks(model) if keep_zeros else []
     params = [p for p in model.parameters() if p.requires_grad]
     ids = {id(p) for p in params}
-    params += [p for p in (extra_params or []) if id(p) not in ids]
+    outside = [p for p in (extra_params or []) if id(p) not in ids]
+    params += outside
+    if dp is not None:
+        dp.broadcast_from_main([p for p in outside])  # DDP syncs the module's own parameters when wrapping
+    # DDP wraps after the temporary masks exist, so it registers weight_orig (the same Parameter object)
+    trained = dp.wrap(model) if dp is not None else model
     optimizer = make_optimizer(params, training)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, training.warmup_steps))
     every = training.log_every or 1
     batches = batches_forever(data)
     model.train()
+    quiet = dp is not None and not dp.is_main  # one progress bar, on rank 0
     try:
-        with ctx.bar("train", training.steps) as bar:
+        with (StageContext().bar if quiet else ctx.bar)("train", training.steps) as bar:
             for step, (inputs, labels) in zip(range(training.steps), batches):
+                if dp is not None:
+                    inputs, labels, scale = dp.shard(inputs, labels)
                 if on_step is not None:
                     on_step(step)
                 optimizer.zero_grad(set_to_none=True)
                 refresh_masked_weights(model)
-                loss = loss_fn(model, inputs, labels)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss.item()} at step {step}; "
+                loss = loss_fn(trained, inputs, labels)
+                if dp is not None:
+                    loss = loss * scale
+                    shown = dp.mean(loss)  # the global loss, the same on every rank (so all stop together)
+                else:
+                    shown = loss.detach()
+                if not torch.isfinite(shown):
+                    raise FloatingPointError(f"training loss became {shown.item()} at step {step}; "
                                              "lower training.learning_rate")
                 loss.backward()
+                if dp is not None:
+                    dp.average_gradients(outside)
                 if after_backward is not None:
                     after_backward(step)
                 optimizer.step()
                 schedule.step()
                 if step % every == 0 or step == training.steps - 1:
-                    ctx.log("loss", step, float(loss.detach()))
+                    ctx.log("loss", step, float(shown))
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                bar.set_postfix(loss=f"{float(shown):.4f}")
             if on_step is not None:
                 on_step(training.steps)
     finally:
@@ -210,14 +236,17 @@ def train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: Op
         for module in masked:
             if hasattr(module, "weight_mask"):
                 prune.remove(module, "weight")
+        if dp is not None:
+            dp.unwrap()
+    if dp is not None:
+        dp.sync_module(model)  # not in `finally`: a collective after one rank failed would hang the others
     return model
 
 
 def apply_finetune(model: nn.Module, spec: FineTuneSpec, data: Optional[TaskData],
                    ctx: StageContext) -> nn.Module:
-    """FineTuneSpec handler: task training; pruned weights stay zero."""
-    if spec.training.distributed.value != "none":
-        raise NotImplementedError("training.distributed 'data_parallel' is not supported by the torch adapter yet")
+    """FineTuneSpec handler: task training (data-parallel under torchrun when the spec asks); pruned
+    weights stay zero."""
     return train_loop(model, data, spec.training, ctx)
 
 

@@ -48,11 +48,18 @@ SCENARIOS = tuple(Path(name).stem for name in examples.EXAMPLE_FILES)
 
 
 # ---- worker: one (backend, scenario) in its own process ----------------------------------------------
-def worker(backend: str, scenario: str, smoke: bool, runs: int, overhead: bool, repeats: int, workdir: Path) -> dict:
-    """Compress one scenario and measure it (runs inside the worker process)."""
+def worker(backend: str, scenario: str, smoke: bool, runs: int, overhead: bool, repeats: int, rundir: Path) -> dict:
+    """Compress one scenario and measure it (runs inside the worker process).
+
+    The run's report (example.md/json/png, report.*) stays in `rundir`; its ONNX files are deleted
+    once measured (they are large and rebuilt by any run).
+    """
     recipe = examples.load_example(examples.EXAMPLES / f"{scenario}.yaml", backend, smoke)
     row: dict[str, Any] = {"backend": backend, "scenario": scenario, "recipe": recipe.name, "smoke": smoke}
-    summary = examples.run(recipe, workdir / "run", runs=runs, progress=False)
+    summary = examples.run(recipe, rundir, runs=runs, progress=False)
+    for onnx_file in rundir.glob("*.onnx*"):
+        onnx_file.unlink()
+    row["report"] = str(rundir / "example.md")
     row.update(summary)
     row["ratios"] = {
         "size": measure.ratio(summary["before"]["onnx_mb"], summary["after"]["onnx_mb"]),
@@ -179,7 +186,7 @@ def torch_native_pruning(smoke: bool, repeats: int) -> dict:
             "same_masks": same_masks, "max_abs_logit_diff": float(np.max(np.abs(a - b))), "core_parts": parts}
 
 
-def measure_row(backend: str, scenario: str, args: argparse.Namespace, workdir: Path) -> dict:
+def measure_row(backend: str, scenario: str, args: argparse.Namespace) -> dict:
     """One row of the results; a failure becomes a row with the error (one failing scenario hides no other)."""
     try:
         if scenario == "torch-native-pruning":
@@ -187,7 +194,7 @@ def measure_row(backend: str, scenario: str, args: argparse.Namespace, workdir: 
                    "native_comparison": torch_native_pruning(args.smoke, args.overhead_repeats)}
         else:
             row = worker(backend, scenario, args.smoke, args.runs, not args.no_overhead, args.overhead_repeats,
-                         workdir)
+                         run_dir(args, backend, scenario))
     except Exception as exc:
         import traceback
         row = {"backend": backend, "scenario": scenario, "status": "failed",
@@ -200,9 +207,8 @@ def measure_row(backend: str, scenario: str, args: argparse.Namespace, workdir: 
 def _worker_main(args: argparse.Namespace) -> int:
     from unicompress.fileio import atomic_write_text
 
-    workdir = Path(args.workdir)
-    row = measure_row(args.backend, args.scenario, args, workdir)
-    atomic_write_text(workdir / "row.json", json.dumps(row, indent=2, default=str))
+    row = measure_row(args.backend, args.scenario, args)
+    atomic_write_text(Path(args.workdir) / "row.json", json.dumps(row, indent=2, default=str))
     return 0
 
 
@@ -214,16 +220,21 @@ def capability_problems(backend: str, scenario: str) -> Optional[str]:
     return "; ".join(problems) if problems else None
 
 
+def run_dir(args: argparse.Namespace, backend: str, scenario: str) -> Path:
+    """Where one run's report is kept: <out>/runs/<backend>-<scenario>."""
+    return Path(args.out) / "runs" / f"{backend}-{scenario}"
+
+
 def run_one(backend: str, scenario: str, args: argparse.Namespace) -> dict:
     """Spawn a worker for one (backend, scenario) and return its row."""
     with tempfile.TemporaryDirectory(prefix="uc-bench-") as tmp:
         if args.in_process:  # tests and debugging: no isolation, peak memory is this process's
             t0 = time.perf_counter()
-            row = measure_row(backend, scenario, args, Path(tmp))
+            row = measure_row(backend, scenario, args)
             row["wall_s"] = time.perf_counter() - t0
             return row
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backend", backend,
-               "--scenario", scenario, "--workdir", tmp, "--runs", str(args.runs),
+               "--scenario", scenario, "--workdir", tmp, "--out", str(args.out), "--runs", str(args.runs),
                "--overhead-repeats", str(args.overhead_repeats)]
         cmd += ["--smoke"] if args.smoke else []
         cmd += ["--no-overhead"] if args.no_overhead else []
@@ -370,7 +381,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="framework threads in each worker")
     p.add_argument("--out", type=Path, help="results folder")
     p.add_argument("--no-overhead", action="store_true", help="skip the unicompress-vs-direct-call timing")
-    p.add_argument("--overhead-repeats", type=int, default=None, help="repeats of one-shot timings (default 5, smoke 3)")
+    p.add_argument("--overhead-repeats", type=int, default=None,
+                   help="repeats of one-shot timings (default 5, smoke 3)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
     p.add_argument("--merge", action="store_true",
                    help="keep the rows of an earlier results.json in --out for what this run does not measure")
@@ -384,11 +396,12 @@ def main(argv=None) -> int:
     args.runs = args.runs or (3 if args.smoke else 7)
     args.overhead_repeats = args.overhead_repeats or (3 if args.smoke else 5)
     if args.worker:
+        args.out = Path(args.out)
         return _worker_main(args)
     unknown = sorted(set(args.scenarios) - set(SCENARIOS))
     if unknown:
         p.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
-    out = args.out or (DEFAULT_OUT / "smoke" if args.smoke else DEFAULT_OUT)
+    out = args.out = Path(args.out or (DEFAULT_OUT / "smoke" if args.smoke else DEFAULT_OUT)).resolve()
     doc = run_all(args)
     if args.merge:
         doc = merge_previous(doc, out / "results.json")

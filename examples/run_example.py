@@ -259,24 +259,32 @@ def plot_tradeoff(summaries: list[dict], path: Path, title: Optional[str] = None
         return None
     from unicompress.fileio import atomic_path
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    # colour = scenario, marker = backend: a run is found by both; grey circles are the uncompressed models
+    recipes = list(dict.fromkeys(s["recipe"] for s in summaries))
+    markers = {"torch": "D", "tensorflow": "s", "paddle": "^"}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, key, label in ((axes[0], "onnx_mb", "ONNX file size (MB)"),
                            (axes[1], "latency_b32_ms", "ORT latency, batch 32 (ms)")):
-        for i, s in enumerate(summaries):
+        for s in summaries:
             b, a = s["before"], s["after"]
             acc_b = b.get("onnx_accuracy", b.get("accuracy"))
             acc_a = a.get("onnx_accuracy", a.get("accuracy"))
-            color = plt.cm.tab10(i % 10)
-            ax.scatter([b[key]], [acc_b], color="0.5", marker="o", zorder=3)
-            ax.scatter([a[key]], [acc_a], color=color, marker="D", zorder=3, label=f"{s['recipe']} ({s['backend']})")
+            color = plt.cm.tab10(recipes.index(s["recipe"]) % 10)
+            ax.scatter([b[key]], [acc_b], color="0.6", marker="o", zorder=3)
+            ax.scatter([a[key]], [acc_a], color=color, marker=markers.get(s["backend"], "o"), zorder=3, s=36)
             ax.annotate("", xy=(a[key], acc_a), xytext=(b[key], acc_b),
-                        arrowprops={"arrowstyle": "->", "color": color, "lw": 1.2})
+                        arrowprops={"arrowstyle": "->", "color": color, "lw": 1.0, "alpha": 0.7})
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=plt.cm.tab10(i % 10), lw=2, label=r) for i, r in enumerate(recipes)]
+    handles += [Line2D([], [], color="0.3", marker=m, ls="", label=b) for b, m in markers.items()
+                if any(s["backend"] == b for s in summaries)]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.86, 0.5), fontsize=7, frameon=False)
     fig.suptitle(title or "accuracy against size and latency (grey: uncompressed)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -249,3 +249,18 @@ def test_importing_the_suite_loads_no_framework_nor_pytest():
             "print(sorted({'torch', 'tensorflow', 'paddle', 'pytest', 'onnxruntime'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_case_environment_sets_a_free_port_and_restores(monkeypatch):
+    import os
+
+    from unicompress.conformance.cases import ONE_WORKER_LAUNCH
+    from unicompress.conformance.runner import case_environment
+
+    monkeypatch.setenv("RANK", "7")
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with case_environment(ONE_WORKER_LAUNCH):
+        assert os.environ["RANK"] == "0" and os.environ["WORLD_SIZE"] == "1"
+        assert int(os.environ["MASTER_PORT"]) > 0
+    assert os.environ["RANK"] == "7" and "MASTER_PORT" not in os.environ
+    assert CASES_BY_ID["finetune/data-parallel"].env == ONE_WORKER_LAUNCH

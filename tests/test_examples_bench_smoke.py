@@ -46,3 +46,24 @@ def test_smoke_benchmark_measures_a_structured_pruning_run(tmp_path, monkeypatch
     md = (tmp_path / "results.md").read_text()
     assert "prune_heads_ffn" in md and "torch.nn.utils.prune" in md
     assert (tmp_path / "results.png").stat().st_size > 1000
+
+
+def test_cli_runs_a_smoke_recipe_with_a_registry_dataset(tmp_path, monkeypatch, capsys):
+    """`unicompress run` resolves `data: {dataset: bbc-news}` through unicompress.data."""
+    if "torch" not in available_backends():
+        pytest.skip("the torch adapter is not installed")
+    sys.path.insert(0, str(ROOT / "examples"))
+    import run_example
+
+    from unicompress import load_recipe, save_recipe
+    from unicompress.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = run_example.load_example(ROOT / "examples" / "sparsity_2of4.yaml", smoke=True)
+    recipe = load_recipe({**recipe.model_dump(mode="json"), "export": {"directory": str(tmp_path / "out")}})
+    path = save_recipe(recipe, tmp_path / "smoke.yaml")
+    assert main(["run", str(path), "--no-progress", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["backend"] == "torch" and report["after"]["sparsity"] > 0.3  # 2:4 on the encoder Linears
+    assert report["metrics_after"]["accuracy"] >= 0
+    assert (tmp_path / "out" / f"{recipe.name}.onnx").stat().st_size > 0

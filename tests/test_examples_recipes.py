@@ -99,3 +99,10 @@ def test_headline_example_runs_on_the_default_backend():
         pytest.skip("the torch adapter is not installed")
     assert runner.support_matrix([ROOT / "examples" / "int8_static.yaml"], ("torch",)) == \
         {"int8_static.yaml": {"torch": []}}
+
+
+def test_cli_validates_every_example(capsys):
+    from unicompress.cli import main
+
+    assert main(["validate", *map(str, PATHS)]) == 0
+    assert capsys.readouterr().out.count(": ok (") == len(PATHS)

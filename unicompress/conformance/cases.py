@@ -40,7 +40,8 @@ class Tolerance:
     scale_rtol: float = 1e-4  # |scale - reference| / reference
     zero_point: int = 0  # |zero_point - reference|
     step_slack: float = 0.01  # dequantized error may exceed half a step by this fraction of a step
-    int_mismatch: float = 0.0  # fraction of integers allowed to differ by one from the reference (rounding)
+    int_mismatch: float = 0.002  # fraction of integers allowed to differ by one from the reference: values
+    # within float32 error of a .5 boundary round either way (measured: 0.05% on TensorFlow per-tensor int8)
     output_rel_l2: Optional[float] = None  # quantized vs FP32 logits (relative L2); None: not checked
     onnx_atol: float = 1e-4  # ORT vs framework logits, float models
     onnx_rtol: float = 1e-3
@@ -61,6 +62,7 @@ class Case:
     pre: tuple[SpecModel, ...] = ()  # stages applied first (their rows must be claimed too)
     student_seed: Optional[int] = None  # distillation: the student is built with this seed, the teacher with 0
     unobservable: frozenset[Row] = frozenset()  # rows this case exercises but no check can see
+    env: tuple[tuple[str, str], ...] = ()  # environment the stage runs under (restored afterwards)
     description: str = ""
 
     @property
@@ -300,6 +302,12 @@ def _lowrank_cases() -> list[Case]:
     ]
 
 
+#: a launch of one data-parallel worker, as torchrun / torch.distributed.run would describe it; MASTER_PORT
+#: "0" is replaced by a free port when the case runs
+ONE_WORKER_LAUNCH = (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                     ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "0"))
+
+
 def _finetune_cases() -> list[Case]:
     pre = (PruningSpec(sparsity=0.5),)
     checks = ("applies", "loss_falls", "keeps_zeros", "runs_finite", "onnx")
@@ -307,7 +315,8 @@ def _finetune_cases() -> list[Case]:
         Case("finetune/after-pruning", FineTuneSpec(training=_train(24)), checks, pre=pre,
              description="task training after 50% pruning: loss falls, pruned weights stay zero"),
         Case("finetune/data-parallel", FineTuneSpec(training=_train(24, distributed="data_parallel")), checks,
-             pre=pre),
+             pre=pre, env=ONE_WORKER_LAUNCH,
+             description="data-parallel training launched as one worker (the variables torchrun sets)"),
     ]
 
 

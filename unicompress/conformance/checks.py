@@ -208,6 +208,12 @@ def check_loss_falls(adapter, o: Outcome) -> CheckResult:
 
 def _pruning_units(adapter, o: Outcome) -> dict:
     """Per unit group (a layer, an attention block or an FFN pair): observed keep, reference keep, sizes."""
+    if "units" not in o.cache:  # shared by the sparsity, pattern and reference_mask checks
+        o.cache["units"] = _compute_pruning_units(adapter, o)
+    return o.cache["units"]
+
+
+def _compute_pruning_units(adapter, o: Outcome) -> dict:
     spec: PruningSpec = o.case.spec
     g = spec.granularity
     before, after = o.weights_before, _after(adapter, o)
@@ -519,8 +525,14 @@ def check_qparams(adapter, o: Outcome) -> CheckResult:
             if cfg["symmetric"] and np.any(zp != 0):
                 fails.append(f"{n}: symmetric scheme with non-zero zero-points")
             continue
-        r = ref.quantize_weight(o.weights_before[n], cfg["bits"], cfg["symmetric"], cfg["per_channel"],
-                                spec.narrow_range)
+        # weights use min-max ranges; a static spec's calibration method may clip them too (CalibrationSpec):
+        # the reference closest to the backend's scales is the one it is judged against
+        methods = ["minmax"] + ([spec.calibration.method.value] if spec.mode is QuantMode.static
+                                and spec.calibration.method.value != "minmax" else [])
+        candidates = [ref.quantize_weight(o.weights_before[n], cfg["bits"], cfg["symmetric"], cfg["per_channel"],
+                                          spec.narrow_range, method, spec.calibration.percentile) for method in methods]
+        r = min(candidates, key=lambda c: float(np.max(np.abs(scale - np.asarray(c.scale, np.float64).reshape(-1))
+                                                       / np.asarray(c.scale, np.float64).reshape(-1))))
         rs, rz = np.asarray(r.scale, np.float64).reshape(-1), np.asarray(r.zero_point).reshape(-1)
         err = float(np.max(np.abs(scale - rs) / rs))
         zerr = int(np.max(np.abs(zp.astype(np.int64) - rz)))
@@ -578,7 +590,8 @@ def check_dequant_error(adapter, o: Outcome) -> CheckResult:
         worst = max(worst, err)
         if err > 0.5 + slack:
             fails.append(f"{n}: a dequantized weight is {err:.3f} steps from the original (at most 0.5)")
-        if (~inside).mean() > 0.01:
+        clipping = spec.mode is QuantMode.static and spec.calibration.method.value != "minmax"
+        if (~inside).mean() > 0.01 and not clipping:  # a clipping method's range is judged by qparams
             fails.append(f"{n}: {(~inside).mean():.1%} of the weights fall outside the quantized range")
     return _result("dequant_error", fails, {"max_error_in_steps": worst}, f"within {worst:.3f} steps")
 
@@ -653,7 +666,8 @@ def check_agreement_rises(adapter, o: Outcome) -> CheckResult:
 def check_student_layers(adapter, o: Outcome) -> CheckResult:
     """A student cut from the teacher keeps the requested number of Transformer layers."""
     spec: DistillationSpec = o.case.spec
-    want = spec.student.num_layers if spec.student.num_layers is not None else len(spec.student.keep_layers)
+    teacher_layers = o.structure_before.num_layers if o.structure_before is not None else 0
+    want = len(spec.student.layers_to_keep(teacher_layers))
     structure = adapter.structure(o.model)
     got = structure.num_layers if structure is not None else len({la.block for la in adapter.layers(o.model)
                                                                   if la.block is not None})
@@ -785,6 +799,7 @@ def check_onnx(adapter, o: Outcome) -> CheckResult:
     quantized = isinstance(spec, QuantizationSpec)
     if quantized:
         rel = float(np.linalg.norm(y_ort - y_fw) / max(np.linalg.norm(y_fw), 1e-12))
+        numbers = {"ort_rel_l2": rel}
         if not (y_ort.shape == y_fw.shape and rel <= tol.onnx_quant_rel_l2):
             fails.append(f"ORT vs {adapter.name}: relative L2 {rel:.4f} > {tol.onnx_quant_rel_l2} "
                          f"(shapes {y_ort.shape} / {y_fw.shape})")
@@ -798,7 +813,15 @@ def check_onnx(adapter, o: Outcome) -> CheckResult:
                              f"per channel in the export, {want} layers quantized")
         elif not summary.quantized:
             fails.append("the export has no QuantizeLinear/DequantizeLinear or integer ops")
-        numbers = {"ort_rel_l2": rel}
+        consts = {i.name for i in summary.initializers}
+        weight_dq = [q for q in summary.qdq if q.op == "DequantizeLinear" and q.input in consts]
+        per_channel = spec.granularity is QuantGranularity.per_channel and not spec.overrides
+        numbers["weight_dequantize_nodes"] = len(weight_dq)
+        if weight_dq and per_channel and not any(q.per_channel and q.axis is not None for q in weight_dq):
+            fails.append(f"per-channel weights, but none of {len(weight_dq)} weight DequantizeLinear nodes has "
+                         "per-channel scales with an axis")
+        if weight_dq and spec.granularity is QuantGranularity.per_tensor and any(q.per_channel for q in weight_dq):
+            fails.append("per-tensor weights, but a weight DequantizeLinear has per-channel scales")
     else:
         cmp = compare_outputs(y_ort, y_fw, tol.onnx_atol, tol.onnx_rtol)
         if not cmp.ok:

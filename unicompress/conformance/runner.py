@@ -11,12 +11,15 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -108,22 +111,28 @@ class CaseRunner:
             return Outcome(case, self.name, None, {}, [], None, error=_tail(traceback.format_exc()), workdir=workdir)
         data = task_data(case.model)
         try:
-            model = a.copy(original)
-            for spec in case.pre:
-                model = a.apply(model, spec, data, StageContext())
-            if case.pre:
-                out.weights_mid = a.weights(model)
-            ctx = StageContext()
-            if case.technique == "distillation":
-                out.teacher = a.build_model(case.model, seed=0, weights=teacher_weights(case.model))
-                out.teacher_weights_before = a.weights(out.teacher)
-                ctx.teacher = out.teacher
-            out.model = a.apply(model, case.spec, data, ctx)
-            out.history = ctx.history
+            with case_environment(case.env):
+                self._apply(case, out, original, data)
         except Exception:
             out.error = _tail(traceback.format_exc())
         out.seconds = time.perf_counter() - t0
         return out
+
+    def _apply(self, case: Case, out: Outcome, original: Any, data: Any) -> None:
+        """Pre-stages, then the case's spec, on a copy of `original` (as the core runs a recipe)."""
+        a = self.adapter
+        model = a.copy(original)
+        for spec in case.pre:
+            model = a.apply(model, spec, data, StageContext())
+        if case.pre:
+            out.weights_mid = a.weights(model)
+        ctx = StageContext()
+        if case.technique == "distillation":
+            out.teacher = a.build_model(case.model, seed=0, weights=teacher_weights(case.model))
+            out.teacher_weights_before = a.weights(out.teacher)
+            ctx.teacher = out.teacher
+        out.model = a.apply(model, case.spec, data, ctx)
+        out.history = ctx.history
 
     def result(self, case: Case, check: str) -> CheckResult:
         """The (cached) result of one check of one case."""
@@ -142,6 +151,28 @@ class CaseRunner:
 
     def checked(self) -> dict[tuple[str, str], CheckResult]:
         return dict(self._results)
+
+
+@contextlib.contextmanager
+def case_environment(env: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """Set a case's environment variables for the stage and restore the previous values afterwards."""
+    saved = {k: os.environ.get(k) for k, _ in env}
+    try:
+        for k, v in env:
+            os.environ[k] = _free_port() if (k == "MASTER_PORT" and v == "0") else v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 def teacher_weights(model: str) -> dict[str, np.ndarray]:

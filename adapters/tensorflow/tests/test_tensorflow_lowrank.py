@@ -43,3 +43,12 @@ def test_energy_picks_the_reference_rank_and_skips_unprofitable_layers():
     q = "bert.encoder.layer.0.attention.self.query"
     rq = ref.rank_for_energy(np.linalg.svd(W[q], compute_uv=False), 0.5)
     assert (q in names) == (not ref.saves_parameters(W[q].shape, rq))
+
+
+def test_low_rank_export_holds_the_factorised_matmul_pairs(tmp_path):
+    from unicompress.onnx import factorised_matmuls
+    model = A.apply(models.build_model("tiny-bert"), LowRankSpec(rank=4))
+    x = zoo.inputs_for("tiny-bert", zoo.config_for("tiny-bert"))
+    path = A.export_onnx(model, tmp_path / "lr.onnx", x)
+    pairs = factorised_matmuls(str(path))
+    assert len(pairs) == 12 and {p.rank for p in pairs} == {4}

@@ -79,7 +79,6 @@ def test_block_l1_native_and_l2_emulated_match_reference():
 
 def test_tfmot_default_frequency_prunes_nothing_in_a_short_run():
     """The pitfall: ConstantSparsity(0.5, 0) keeps frequency=100; our schedule passes frequency=1."""
-    import tensorflow as tf
     model = _bert()
     names = [Q0]
     broken = pruning.wrap(layers.copy_model(model), names,
@@ -94,7 +93,6 @@ def test_tfmot_default_frequency_prunes_nothing_in_a_short_run():
             m(x, training=True)
     assert pruning.mask_sparsity(broken) == 0.0
     assert pruning.mask_sparsity(fixed) == pytest.approx(0.5)
-    del tf
 
 
 def test_polynomial_schedule_in_training_logs_the_curve():

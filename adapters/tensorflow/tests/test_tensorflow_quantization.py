@@ -76,11 +76,41 @@ def test_tflite_dynamic_and_static_int8_match_reference(bert):
 
 
 def test_tflite_refuses_what_it_cannot_do(bert):
-    for spec in (QuantizationSpec(mode="dynamic", bits=4), QuantizationSpec(mode="static", scheme="asymmetric"),
+    for spec in (QuantizationSpec(mode="dynamic", bits=4), QuantizationSpec(mode="dynamic", scheme="asymmetric"),
                  QuantizationSpec(mode="static", calibration={"method": "percentile"}),
                  QuantizationSpec(mode="dynamic", overrides=[{"pattern": "*query", "skip": True}])):
         with pytest.raises(quantization.QuantizationNotSupportedError):
             A.apply(A.copy(bert), spec, _data())
+
+
+def test_static_tflite_keeps_unselected_layers_float(bert):
+    """The converter's node denylist keeps the pooler, the classifier and skipped layers in float."""
+    spec = QuantizationSpec(mode="static", overrides=[{"pattern": "*.self.value", "skip": True}])
+    qm = A.apply(A.copy(bert), spec, _data())
+    expected = {n for n in quantization.selected_dense(bert, spec) if not n.endswith("self.value")}
+    assert set(A.quantized_weights(qm)) == expected
+    assert np.abs(A.run(qm, X) - A.run(bert, X)).max() < 0.01
+
+
+def test_static_asymmetric_goes_through_tfmot_with_min_max_calibration(bert):
+    spec = QuantizationSpec(mode="static", scheme="asymmetric", granularity="per_tensor", bits=8)
+    data = _data()
+    qm = A.apply(A.copy(bert), spec, data)
+    assert not isinstance(qm, quantization.TFLiteModel)
+    w = layers.get_weights(bert)
+    for name, t in A.quantized_weights(qm).items():
+        _check_linear(t, w[name], 8, False, False)
+    # the activation range of the first query is the min/max of its outputs over the calibration data
+    # (measured on the float model: upstream fake-quant moves it by < 1%; an EMA from TFMOT's [-6, 6] start
+    # would be far off)
+    wrapper = next(x for x in qm.layers if isinstance(x, quantization.QuantizeWrapper) and x.layer.name == Q0)
+    probe = layers.keras.Model(bert.input, bert.get_layer(Q0).output)
+    outs = [probe(layers.to_tensors(bert, x), training=False).numpy() for x, _ in data.train()]
+    lo, hi = min(o.min() for o in outs), max(o.max() for o in outs)
+    qvars = [v for v in wrapper.weights if "output" in v.name and ("min" in v.name or "max" in v.name)]
+    got = sorted(float(v.numpy()) for v in qvars)
+    np.testing.assert_allclose(got, [min(lo, 0.0), max(hi, 0.0)], rtol=1e-2)
+    assert np.abs(A.run(qm, X) - A.run(bert, X)).max() < 0.01
 
 
 def test_tfmot_quantize_model_refuses_transformer_layers_and_annotation_works(bert):

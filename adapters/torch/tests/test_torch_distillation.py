@@ -132,7 +132,6 @@ def test_student_keeps_the_requested_layers_and_their_weights():
     assert len(student.bert.encoder.layer) == 1
     for k, v in student.bert.encoder.layer[0].state_dict().items():
         assert torch.equal(v, teacher.bert.encoder.layer[1].state_dict()[k])
-    assert D.evenly_spaced(6, 3) == [1, 3, 5] and D.evenly_spaced(2, 1) == [1] and D.evenly_spaced(4, 4) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="out of range"):
         D.keep_layers(copy.deepcopy(teacher), [0, 2])
 
@@ -143,6 +142,15 @@ def test_num_layers_student_and_response_on_vit():
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     losses = [v for _, v in ctx.history["loss"]]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_feature_and_relation_on_vit():
+    teacher, before, student, _, ctx, _ = _run(["feature", "relation"], name="tiny-vit", student={"num_layers": 1},
+                                               steps=30)
+    assert len(student.vit.encoder.layer) == 1
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    losses = [v for _, v in ctx.history["loss"]]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
 
 
 def test_response_loss_is_temperature_scaled_kl():
@@ -188,9 +196,15 @@ def test_feature_projection_when_widths_differ():
         D.apply_distillation(copy.deepcopy(student), no_proj, distill_data(teacher), StageContext(teacher=teacher))
 
 
-def test_default_layer_maps():
-    assert D.default_layer_map(3, 6) == [(0, 1), (1, 3), (2, 5)]
-    assert D.default_layer_map(1, 2) == [(0, 1)] and D.default_layer_map(2, 2) == [(0, 0), (1, 1)]
+def test_num_layers_keeps_the_layers_the_core_names():
+    """student: {num_layers: 1} keeps the teacher's last layer (StudentSpec.layers_to_keep)."""
+    teacher = trained_teacher()
+    spec = DistillationSpec(kinds=["response"], student={"num_layers": 1}, training={"steps": 1, "learning_rate": 1e-9})
+    student = D.apply_distillation(copy.deepcopy(teacher), spec, distill_data(teacher), StageContext(teacher=teacher))
+    kept = spec.student.layers_to_keep(2)
+    assert kept == [1] and len(student.bert.encoder.layer) == 1
+    for k, v in student.bert.encoder.layer[0].state_dict().items():
+        assert torch.allclose(v, teacher.bert.encoder.layer[1].state_dict()[k], atol=1e-6)
 
 
 def test_distillation_needs_a_teacher():

@@ -33,7 +33,7 @@ def test_capability_rows():
     assert caps.support("pruning", "granularity", "head") is Support.emulated
     assert caps.support("pruning", "remove_pruned", True) is Support.native
     assert caps.support("low_rank", "by", "energy") is Support.emulated
-    assert caps.support("finetune", "training.distributed", "data_parallel") is Support.unsupported
+    assert caps.support("finetune", "training.distributed", "data_parallel") is Support.native
     assert caps.problems(PruningSpec(granularity="n_m", n=2, m=4)) == []
 
 

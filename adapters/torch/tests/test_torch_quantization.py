@@ -76,11 +76,13 @@ def test_each_mode_quantizes_and_runs(kw, name):
 
 # ---- integers and qparams against the reference ------------------------------------------------------------
 CASES = [(mode, scheme, gran, bits)
-         for mode in ("dynamic", "weight_only", "static")
+         for mode in ("dynamic", "weight_only")
          for scheme in ("symmetric", "asymmetric")
          for gran in ("per_channel", "per_tensor")
-         for bits in (8, 4)
-         if not (mode == "static" and scheme == "asymmetric")]
+         for bits in (8, 4)] + [  # PT2E runs cost a torch.export each: a covering subset
+    ("static", "symmetric", "per_channel", 8), ("static", "symmetric", "per_channel", 4),
+    ("static", "symmetric", "per_tensor", 8), ("static", "asymmetric", "per_channel", 8),
+    ("static", "asymmetric", "per_tensor", 4)]
 
 
 @pytest.mark.parametrize("mode,scheme,gran,bits", CASES)
@@ -127,8 +129,10 @@ def test_calibration_methods_other_than_minmax_need_static():
         _quantize(_spec(mode="dynamic", calibration={"method": "mse"}))
 
 
-@pytest.mark.parametrize("bits", [2, 3, 5, 6, 7])
-@pytest.mark.parametrize("mode", ["dynamic", "weight_only", "static"])
+BIT_CASES = [(m, b) for m in ("dynamic", "weight_only") for b in (2, 3, 5, 6, 7)] + [("static", 2), ("static", 5)]
+
+
+@pytest.mark.parametrize("mode,bits", BIT_CASES)
 def test_other_bit_widths(mode, bits):
     qm, float_model, example = _quantize(_spec(mode=mode, bits=bits))
     for name, t in Q.quantized_weights(qm).items():
@@ -152,9 +156,27 @@ def test_narrow_range_false_uses_full_signed_range():
     assert diff.max() <= 1 and np.mean(diff > 0) < 0.01
 
 
-def test_static_asymmetric_weights_refused_with_reason():
-    with pytest.raises(NotImplementedError, match="symmetric"):
-        _quantize(_spec(mode="static", scheme="asymmetric"))
+def test_x86_inductor_quantizer_refuses_asymmetric_weights_and_the_workaround(tmp_path):
+    """X86InductorQuantizer's get_weight_qspec accepts symmetric weight qschemes only; asymmetric layers go
+    through our own annotating Quantizer (composed with it) and come out as affine int8 weights."""
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+
+    model, _, example = tiny()
+    lq = Q.LayerQuant(8, symmetric=False, per_channel=True)
+    x86 = X86InductorQuantizer().set_module_name_qconfig("bert.encoder.layer.0.attention.self.query",
+                                                          Q._pt2e_config(lq, _spec(mode="static"), False))
+    graph = Q._export_graph(model, to_torch_inputs(example), training=False)
+    with pytest.raises(ValueError, match="Unsupported quantization_spec"):
+        x86.annotate(graph)
+    spec = _spec(mode="static", overrides=[{"pattern": "*.query", "scheme": "asymmetric"}])
+    qm, float_model, _ = _quantize(spec)
+    qw = Q.quantized_weights(qm)
+    t = qw["bert.encoder.layer.1.attention.self.query"]
+    assert t.zero_point.min() >= 0 and np.any(t.zero_point != 128) and t.q.min() >= 0 and t.q.max() <= 255
+    assert np.all(qw["bert.encoder.layer.1.attention.self.key"].zero_point == 0)
+    path = Q.export_onnx(qm, tmp_path / "asym.onnx", example)
+    want = _logits(qm, example)
+    np.testing.assert_allclose(_ort(path).run(["logits"], example)[0], want, atol=2e-4 * np.abs(want).max())
 
 
 # ---- calibration -----------------------------------------------------------------------------------------------
@@ -402,6 +424,9 @@ def test_adapter_routes_quantized_models(tmp_path):
     np.testing.assert_allclose(adapter.run(qm, example), _logits(qm, example), atol=1e-6)
     clone = adapter.copy(qm)
     np.testing.assert_allclose(adapter.run(clone, example), adapter.run(qm, example), atol=1e-6)
+    deq = Q.dequantized_weights(qm)
+    for layer, t in Q.quantized_weights(qm).items():
+        np.testing.assert_allclose(deq[layer], t.dequantize(), rtol=1e-6, atol=1e-9)
     stats = {s.name: s for s in adapter.describe(qm)}
     assert stats["bert.encoder.layer.0.attention.self.query"].bits == 8
     assert stats["classifier"].bits == 32
@@ -418,13 +443,13 @@ def _spec_for(field: str, value: str) -> QuantizationSpec:
     if field == "scheme":
         return _spec(mode="dynamic", scheme=value)
     if field == "granularity":
-        return _spec(mode="static", granularity=value)
+        return _spec(mode="dynamic", granularity=value)
     if field == "mapping":
         return _spec(mode="weight_only", mapping=value, bits=4)
     if field == "calibration.method":
         return _spec(mode="static", calibration={"method": value})
     if field == "overrides":
-        return _spec(mode="static", overrides=[{"pattern": "*.key", "bits": 4}])
+        return _spec(mode="dynamic", overrides=[{"pattern": "*.key", "bits": 4}])
     raise AssertionError(f"no test spec for {field}")
 
 
@@ -466,20 +491,21 @@ def test_minilm_static_int8_onnx_is_faster_than_fp32(tmp_path):
                               StageContext())
     int8 = Q.export_onnx(qm, tmp_path / "int8.onnx", example)
 
-    def median_ms(path):
+    def session(path):
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = 2, 1
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        out = sess.run(["logits"], example)[0]
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            sess.run(["logits"], example)
-            times.append(time.perf_counter() - t)
-        return float(np.median(times)) * 1000, out
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
-    t_fp, o_fp = median_ms(fp32)
-    t_q, o_q = median_ms(int8)
+    sessions = {"fp32": session(fp32), "int8": session(int8)}
+    outs = {k: s.run(["logits"], example)[0] for k, s in sessions.items()}
+    times = {k: [] for k in sessions}
+    for _ in range(7):  # interleaved rounds: a shared machine's load hits both models alike
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(["logits"], example)
+            times[k].append(time.perf_counter() - t)
+    t_fp, t_q = (float(np.median(times[k])) * 1000 for k in ("fp32", "int8"))
+    o_fp, o_q = outs["fp32"], outs["int8"]
     print(f"MiniLM ORT batch 32 len 128, 2 threads: fp32 {t_fp:.0f} ms, static int8 {t_q:.0f} ms, "
           f"{t_fp / t_q:.2f}x")
     assert t_q < t_fp

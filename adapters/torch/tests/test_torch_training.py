@@ -88,11 +88,7 @@ def test_finetune_keeps_pruned_zeros():
     assert len(ctx.history["loss"]) == 5
 
 
-def test_finetune_refuses_data_parallel():
-    model, _, _ = tiny()
-    with pytest.raises(NotImplementedError, match="data_parallel"):
-        A.apply(model, FineTuneSpec(training=TrainingSpec(steps=1, distributed="data_parallel")), task_data(),
-                StageContext())
+# training.distributed: data_parallel (torchrun + DDP, and its error outside torchrun): test_torch_distributed.py
 
 
 def test_nonfinite_loss_is_reported():

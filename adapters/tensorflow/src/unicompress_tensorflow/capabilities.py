@@ -21,7 +21,7 @@ def tensorflow_capabilities() -> Capabilities:
         ("pruning", "schedule.kind", ["one_shot", "polynomial"], N),
         ("pruning", "norm", ["l1", "l2"], E),
         ("pruning", "remove_pruned", [True], E),
-        ("quantization", "mode", ["dynamic", "static", "qat", "weight_only"], N),
+        ("quantization", "mode", ["static", "qat", "weight_only"], N),
         ("quantization", "bits", [2, 3, 4, 5, 6, 7, 8], N),
         ("quantization", "activation_bits", [8], N),
         ("quantization", "scheme", ["symmetric", "asymmetric"], N),
@@ -47,11 +47,14 @@ def tensorflow_capabilities() -> Capabilities:
         "quantization": "qat and weight_only: TFMOT quantize_annotate_layer + quantize_apply with our "
                         "QuantizeConfigs (LastValueQuantizer per-axis/per-tensor, symmetric/asymmetric, 2-8 bits, "
                         "narrow range; MovingAverageQuantizer for activations; LayerNormalization outputs in qat); "
-                        "overrides give per-layer configs. dynamic and static: the TFLite converter (dynamic range; "
-                        "full int8 with a representative dataset, min/max calibration): 8-bit symmetric narrow "
-                        "weights only, no overrides, and every Dense (classifier/pooler included) is quantized: "
-                        "other combinations are refused at apply time. Log mapping is an emulated fake-quant "
-                        "quantizer (weight_only/qat).",
+                        "overrides give per-layer configs. static: the TFLite full-int8 converter with a "
+                        "representative dataset (min/max calibration, 8-bit symmetric narrow weights; unselected "
+                        "layers kept float by its node denylist) when it can, else TFMOT fake-quant with "
+                        "AllValuesQuantizer activations fed the calibration batches (asymmetric or < 8-bit weights, "
+                        "overrides). dynamic (TFLite dynamic range) works but is NOT claimed: the converter "
+                        "quantizes every Dense with >= 1024 weights whatever the selector says. Log mapping is an "
+                        "emulated fake-quant quantizer (weight_only/qat); its ONNX export holds the levels as float "
+                        "constants (ONNX has no log quantization).",
         "distillation": "A GradientTape loop with a frozen teacher; TFMOT has no distillation.",
         "low_rank": "tf.linalg.svd, each Dense replaced by two Dense layers (<name>.0, <name>.1).",
         "finetune": "A GradientTape loop; weights that are exactly zero stay zero.",

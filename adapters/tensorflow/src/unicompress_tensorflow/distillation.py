@@ -174,7 +174,8 @@ def apply_distillation(model: Any, spec: DistillationSpec, data: Optional[TaskDa
                 if spec.feature_loss is FeatureLoss.mse:
                     f = tf.reduce_mean(tf.square(hs - ht))
                 else:
-                    f = tf.reduce_mean(1.0 - tf.reduce_sum(tf.math.l2_normalize(hs, -1) * tf.math.l2_normalize(ht, -1), -1))
+                    cos = tf.reduce_sum(tf.math.l2_normalize(hs, -1) * tf.math.l2_normalize(ht, -1), -1)
+                    f = tf.reduce_mean(1.0 - cos)
                 distill += spec.feature_weight * f
             if DistillKind.relation in spec.kinds:
                 n_t = sum(1 for k in t_out if k.startswith(f"att{ti}_"))

@@ -110,8 +110,9 @@ def weights_as_qdq(proto: onnx.ModelProto, qweights: dict) -> int:
                       and np.allclose(numpy_helper.to_array(init), kernel, rtol=0, atol=1e-6)), None)
         if match is None:
             continue
-        signed = bool(np.asarray(t.q).min() < 0) or not np.any(np.asarray(t.zero_point))
-        dtype = np.int8 if signed else np.uint8
+        # asymmetric grids ([0, 2^b - 1], a zero-point) need uint8; everything else fits int8
+        unsigned = bool(np.asarray(t.q).max() > 127 or np.any(np.asarray(t.zero_point)))
+        dtype = np.uint8 if unsigned else np.int8
         q = np.asarray(t.q).T.astype(dtype)
         scale = np.asarray(t.scale, np.float32)
         zp = np.asarray(t.zero_point).astype(dtype)

@@ -269,7 +269,11 @@ class FactorizedDense(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, x):
-        return self.activation(self.second(self.first(x)))
+        # both factors on the flattened [N, in] input, back to back: the exported graph then holds the
+        # MatMul(in->r) -> MatMul(r->out) pair itself (two Dense calls put Tensordot reshapes in between)
+        flat = tf.reshape(x, [-1, tf.shape(x)[-1]])
+        y = tf.matmul(tf.matmul(flat, self.first.kernel), self.second.kernel) + self.second.bias
+        return self.activation(tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.units]], 0)))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "units": self.units, "rank": self.rank,

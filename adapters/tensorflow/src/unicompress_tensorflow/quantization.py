@@ -120,10 +120,11 @@ class DenseQuantizeConfig(tfq.QuantizeConfig):
 
     def __init__(self, bits: int, per_channel: bool, symmetric: bool, narrow_range: bool = True,
                  activation_bits: Optional[int] = None, activation_symmetric: bool = False,
-                 mapping: str = "linear", base: float = 2.0):
+                 mapping: str = "linear", base: float = 2.0, calibrate: bool = False):
         self.bits, self.per_channel, self.symmetric = int(bits), bool(per_channel), bool(symmetric)
         self.narrow_range, self.activation_bits = bool(narrow_range), activation_bits
         self.activation_symmetric, self.mapping, self.base = bool(activation_symmetric), mapping, float(base)
+        self.calibrate = bool(calibrate)
 
     def weight_quantizer(self):
         if self.mapping == "log":
@@ -148,21 +149,29 @@ class DenseQuantizeConfig(tfq.QuantizeConfig):
     def get_output_quantizers(self, layer):
         if self.activation_bits is None:
             return []
-        return [tfq.quantizers.MovingAverageQuantizer(num_bits=self.activation_bits, per_axis=False,
-                                                      symmetric=self.activation_symmetric, narrow_range=False)]
+        return [activation_quantizer(self.activation_bits, self.activation_symmetric, self.calibrate)]
 
     def get_config(self) -> dict:
         return {"bits": self.bits, "per_channel": self.per_channel, "symmetric": self.symmetric,
                 "narrow_range": self.narrow_range, "activation_bits": self.activation_bits,
-                "activation_symmetric": self.activation_symmetric, "mapping": self.mapping, "base": self.base}
+                "activation_symmetric": self.activation_symmetric, "mapping": self.mapping, "base": self.base,
+                "calibrate": self.calibrate}
+
+
+def activation_quantizer(bits: int, symmetric: bool, calibrate: bool) -> Any:
+    """QAT: TFMOT's MovingAverageQuantizer (EMA of ranges); static calibration: AllValuesQuantizer
+    (the running min and max of everything seen = min/max calibration)."""
+    cls = tfq.quantizers.AllValuesQuantizer if calibrate else tfq.quantizers.MovingAverageQuantizer
+    return cls(num_bits=bits, per_axis=False, symmetric=symmetric, narrow_range=False)
 
 
 @keras.utils.register_keras_serializable("unicompress")
 class OutputQuantizeConfig(tfq.QuantizeConfig):
     """For layers TFMOT refuses (LayerNormalization, custom layers): quantize the output only."""
 
-    def __init__(self, activation_bits: int = 8, activation_symmetric: bool = False):
+    def __init__(self, activation_bits: int = 8, activation_symmetric: bool = False, calibrate: bool = False):
         self.activation_bits, self.activation_symmetric = int(activation_bits), bool(activation_symmetric)
+        self.calibrate = bool(calibrate)
 
     def get_weights_and_quantizers(self, layer):
         return []
@@ -177,11 +186,11 @@ class OutputQuantizeConfig(tfq.QuantizeConfig):
         pass
 
     def get_output_quantizers(self, layer):
-        return [tfq.quantizers.MovingAverageQuantizer(num_bits=self.activation_bits, per_axis=False,
-                                                      symmetric=self.activation_symmetric, narrow_range=False)]
+        return [activation_quantizer(self.activation_bits, self.activation_symmetric, self.calibrate)]
 
     def get_config(self) -> dict:
-        return {"activation_bits": self.activation_bits, "activation_symmetric": self.activation_symmetric}
+        return {"activation_bits": self.activation_bits, "activation_symmetric": self.activation_symmetric,
+                "calibrate": self.calibrate}
 
 
 class _AnnotatedOnlyRegistry(QuantizeRegistry):
@@ -219,21 +228,23 @@ def annotate_and_apply(model: keras.Model, spec: QuantizationSpec) -> keras.Mode
     if not settings:
         raise QuantizationNotSupportedError("the selector and overrides leave no Dense layer to quantize")
     qat = spec.mode is QuantMode.qat
+    static = spec.mode is QuantMode.static
     act_sym = spec.activation_scheme is Scheme.symmetric
 
     def clone(layer):
         s = settings.get(layer.name)
         if s is not None:
             cfg = DenseQuantizeConfig(s.bits, s.per_channel, s.symmetric, spec.narrow_range,
-                                      spec.activation_bits if qat else None, act_sym, spec.mapping.value,
-                                      spec.log_base)
+                                      spec.activation_bits if (qat or static) else None, act_sym,
+                                      spec.mapping.value, spec.log_base, calibrate=static)
             return tfq.quantize_annotate_layer(layer, quantize_config=cfg)
-        if qat and isinstance(layer, keras.layers.LayerNormalization):
-            return tfq.quantize_annotate_layer(layer, OutputQuantizeConfig(spec.activation_bits, act_sym))
+        if (qat or static) and isinstance(layer, keras.layers.LayerNormalization):
+            return tfq.quantize_annotate_layer(layer, OutputQuantizeConfig(spec.activation_bits, act_sym, static))
         return layer
 
     with quantize_scope():
         annotated = keras.models.clone_model(model, clone_function=clone)
+        # static: no registry either, its default quantizers would track EMA ranges instead of min/max
         quantized = tfq.quantize_apply(annotated, scheme=Default8BitQuantizeScheme() if qat else WeightOnlyScheme())
     sync_weight_ranges(quantized)
     return quantized
@@ -309,29 +320,76 @@ class TFLiteModel:
         return weights
 
 
-def tflite_quantize(model: keras.Model, spec: QuantizationSpec, data: Optional[TaskData]) -> TFLiteModel:
-    """Dynamic-range or full-int8 (representative dataset) conversion with the TFLite converter."""
+def _converter(model: keras.Model, spec: QuantizationSpec, representative=None) -> tf.lite.TFLiteConverter:
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     # the only per-tensor switch for Dense weights (an experimental converter attribute)
     converter._experimental_disable_per_channel_quantization_for_dense_layers = \
         spec.granularity is QuantGranularity.per_tensor
-    if spec.mode is QuantMode.static:
-        if data is None:
-            raise QuantizationNotSupportedError("mode 'static' needs calibration data")
-        batches = data.calibration_batches(spec.calibration.num_batches)
-        if not batches:
-            raise QuantizationNotSupportedError("mode 'static' needs calibration data (none was given)")
-        dtypes = {t.name.split(":")[0]: t.dtype.as_numpy_dtype for t in model.inputs}
-
-        def representative():
-            for x in batches:
-                yield {k: np.asarray(x[k]).astype(dt) for k, dt in dtypes.items()}
+    if representative is not None:
         converter.representative_dataset = representative
-    return TFLiteModel(converter.convert(), model, spec.mode.value)
+    return converter
 
 
-def _check_tflite(spec: QuantizationSpec) -> None:
+def _fc_outputs_of(flatbuffer: bytes, layer_names: set[str]) -> list[str]:
+    """Output tensor names of the FULLY_CONNECTED ops whose weights belong to the named layers."""
+    it = tf.lite.Interpreter(model_content=flatbuffer)
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    out = []
+    for op in it._get_ops_details():
+        if op["op_name"] == "FULLY_CONNECTED" and \
+                set(details[op["inputs"][1]]["name"].split("/")) & layer_names:
+            out.append(details[op["outputs"][0]]["name"])
+    return out
+
+
+def tflite_quantize(model: keras.Model, spec: QuantizationSpec, data: Optional[TaskData]) -> TFLiteModel:
+    """Dynamic-range or full-int8 (representative dataset) conversion with the TFLite converter.
+
+    static: Dense layers the selector leaves out stay float through the converter's node denylist
+    (tf.lite.experimental.QuantizationDebugger with QuantizationDebugOptions(denylisted_nodes=...)),
+    named by their op outputs in the calibrated model.
+    """
+    if spec.mode is QuantMode.dynamic:
+        return TFLiteModel(_converter(model, spec).convert(), model, spec.mode.value)
+    batches = data.calibration_batches(spec.calibration.num_batches) if data is not None else []
+    if not batches:
+        raise QuantizationNotSupportedError("mode 'static' needs calibration data (TaskData.calibration)")
+    dtypes = {t.name.split(":")[0]: t.dtype.as_numpy_dtype for t in model.inputs}
+
+    def representative():
+        for x in batches:
+            yield {k: np.asarray(x[k]).astype(dt) for k, dt in dtypes.items()}
+    keep_float = {n for n, layer in L.named_layers(model).items() if isinstance(layer, keras.layers.Dense)} - \
+        {n for n, s in layer_settings(spec, selected_dense(model, spec)).items() if not s.skip}
+    if not keep_float:
+        return TFLiteModel(_converter(model, spec, representative).convert(), model, spec.mode.value)
+    calibrating = _converter(model, spec, representative)
+    calibrating._experimental_calibrate_only = True
+    deny = _fc_outputs_of(calibrating.convert(), keep_float)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=_converter(model, spec, representative), debug_dataset=representative,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=deny))
+    return TFLiteModel(debugger.get_nondebug_quantized_model(), model, spec.mode.value)
+
+
+def tfmot_static(model: keras.Model, spec: QuantizationSpec, data: Optional[TaskData]) -> keras.Model:
+    """Static PTQ with TFMOT for what the TFLite int8 converter cannot do (asymmetric or < 8-bit weights,
+    per-layer overrides): fake-quant wrappers whose activation quantizers are AllValuesQuantizers, fed the
+    calibration batches in training mode (ranges only: no optimizer step)."""
+    if spec.calibration.method.value != "minmax":
+        raise QuantizationNotSupportedError("TFMOT calibrates activations by min/max only")
+    batches = data.calibration_batches(spec.calibration.num_batches) if data is not None else []
+    if not batches:
+        raise QuantizationNotSupportedError("mode 'static' needs calibration data (TaskData.calibration)")
+    quantized = annotate_and_apply(model, spec)
+    for x in batches:
+        quantized(L.to_tensors(quantized, x), training=True)
+    return quantized
+
+
+def tflite_problems(spec: QuantizationSpec) -> list[str]:
+    """Why the TFLite int8 converter cannot honour this spec (empty when it can)."""
     problems = []
     if spec.bits != 8 or spec.activation_bits != 8:
         problems.append("TFLite quantizes to 8 bits only")
@@ -339,12 +397,18 @@ def _check_tflite(spec: QuantizationSpec) -> None:
         problems.append("TFLite int8 weights are symmetric")
     if not spec.narrow_range:
         problems.append("TFLite int8 weights use the narrow range [-127, 127]")
-    if spec.overrides:
-        problems.append("the TFLite converter has no per-layer settings (use mode qat or weight_only)")
+    if spec.overrides and (spec.mode is QuantMode.dynamic or any(not o.skip for o in spec.overrides)):
+        problems.append("the TFLite converter has no per-layer bits/scheme (static: only skip overrides; "
+                        "use mode qat or weight_only)")
     if spec.mode is QuantMode.static and spec.calibration.method.value != "minmax":
         problems.append("the TFLite calibrator uses min/max only")
     if spec.mode is QuantMode.static and spec.activation_scheme is Scheme.symmetric:
         problems.append("TFLite int8 activations are asymmetric")
+    return problems
+
+
+def _check_tflite(spec: QuantizationSpec) -> None:
+    problems = tflite_problems(spec)
     if problems:
         raise QuantizationNotSupportedError(f"mode {spec.mode.value!r}: " + "; ".join(problems))
 
@@ -354,12 +418,13 @@ def apply_quantization(model: Any, spec: QuantizationSpec, data: Optional[TaskDa
     if not L.is_graph_model(model):
         raise QuantizationNotSupportedError("TFMOT and the TFLite converter path need a functional or Sequential "
                                             "tf_keras model")
-    if spec.mode in (QuantMode.dynamic, QuantMode.static):
-        if spec.mapping is Mapping.log:
-            raise QuantizationNotSupportedError("log mapping is weight_only/qat only")
+    if spec.mode in (QuantMode.dynamic, QuantMode.static) and spec.mapping is Mapping.log:
+        raise QuantizationNotSupportedError("log mapping is weight_only/qat only")
+    if spec.mode is QuantMode.dynamic or (spec.mode is QuantMode.static and not tflite_problems(spec)):
         _check_tflite(spec)
-        # the converter has no layer selection: every Dense (classifier and pooler too) becomes int8
         return tflite_quantize(model, spec, data)
+    if spec.mode is QuantMode.static:
+        return tfmot_static(model, spec, data)
     quantized = annotate_and_apply(model, spec)
     if spec.mode is QuantMode.qat:
         train(quantized, data, spec.training, ctx, description="qat")

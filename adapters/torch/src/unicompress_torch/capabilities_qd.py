@@ -36,16 +36,21 @@ DISTILLATION_ROWS = [
 NOTES = {
     "quantization": (
         "dynamic: torch.ao.quantization.quantize_dynamic (deprecated in torch 2.13, still the fbgemm int8 "
-        "path); static/qat: torchao PT2E (torch.export + X86InductorQuantizer), which accepts symmetric "
-        "weights only, so scheme 'asymmetric' works with modes dynamic and weight_only and is refused "
-        "(NotImplementedError) for static/qat; weight_only: torchao IntxUnpackedToInt8Tensor with qparams from "
-        "torchao choose_qparams_affine over the spec's integer range. Weight ranges are min-max (the calibration "
-        "method applies to activations). Activations: 8 bits, asymmetric uint8 by default. "
+        "path, run with reduce_range=False so activations use 8 bits); static/qat: torchao PT2E (torch.export + "
+        "X86InductorQuantizer; layers with asymmetric weights, which it refuses, are annotated by a small PT2E "
+        "Quantizer of ours composed with it); weight_only: torchao IntxUnpackedToInt8Tensor with qparams from "
+        "torchao choose_qparams_affine over the spec's integer range (int2..int8 held in int8, dequantized for "
+        "the matmul). Static: calibration.method sets activation observers (MinMaxObserver, a percentile "
+        "MinMaxObserver subclass, HistogramObserver for mse) and clips weights the reference's way; other modes "
+        "use min-max. QAT weights are observed with averaging_constant 1 plus one pass after training, so "
+        "scales fit the final weights. Activations: 8 bits, asymmetric uint8 by default. "
         "Integers use the reference ranges (symmetric narrow [-(2^(b-1)-1), 2^(b-1)-1]); asymmetric weights are "
         "stored signed by torch and reported shifted to [0, 2^b-1]. mapping 'log' (weight_only or qat) is "
         "emulated by a parametrization; its ONNX export holds the dequantized float weights. "
         "ONNX: the float twin is exported with the TorchScript exporter and rewritten with torch's own integers "
-        "and qparams as QDQ (static/qat/weight_only) or DynamicQuantizeLinear+MatMulInteger (dynamic)."),
+        "and qparams as QDQ (static/qat/weight_only) or DynamicQuantizeLinear+MatMulInteger (dynamic); ORT fuses "
+        "weight-only DQ+MatMul into MatMulNBits, which quantizes activations at its default accuracy level 4 "
+        "(session.qdq_matmulnbits_accuracy_level=1 keeps them float)."),
     "distillation": (
         "response KL (T^2-scaled), feature MSE/cosine with learned Linear projections, MiniLM relation "
         "(attention + value relation KL, equal head counts) via forward hooks on encoder.layer blocks; "

@@ -2,7 +2,8 @@
 
 Losses (``loss = alpha * distillation + (1 - alpha) * cross-entropy``, distillation = the sum of the kinds):
   - response: ``T^2 * KL(softmax(t / T) || softmax(s / T))`` on the logits (Hinton et al.);
-  - feature: MSE or ``1 - cosine`` between the outputs of mapped Transformer blocks, through a learned
+  - feature: MSE or ``1 - cosine`` between the outputs of mapped Transformer blocks (pairs from
+    `DistillationSpec.resolved_layer_map`), through a learned
     `nn.Linear` projection (student width -> teacher width) when the widths differ;
   - relation (MiniLM): per mapped block, KL between the teacher's and the student's self-attention
     distributions ``softmax(Q K^T / sqrt(d) + mask)`` and between their value relations
@@ -50,16 +51,6 @@ def block_names(model: nn.Module) -> list[str]:
     owner, attr, blocks = block_list(model)
     prefix = next(n for n, m in model.named_modules() if m is owner)
     return [f"{prefix}.{attr}.{i}" if prefix else f"{attr}.{i}" for i in range(len(blocks))]
-
-
-def evenly_spaced(total: int, keep: int) -> list[int]:
-    """`keep` of `total` layer indices, evenly spaced, always including the last one.
-
-    Example: ``evenly_spaced(6, 3)`` is [1, 3, 5]; ``evenly_spaced(12, 6)`` is [1, 3, 5, 7, 9, 11].
-    """
-    if not 1 <= keep <= total:
-        raise ValueError(f"student.num_layers must be between 1 and the teacher's {total} layers, got {keep}")
-    return [int(round((i + 1) * total / keep)) - 1 for i in range(keep)]
 
 
 def keep_layers(model: nn.Module, keep: list[int]) -> nn.Module:
@@ -248,15 +239,6 @@ def _masked_mean(err: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tenso
     return (err * w).sum() / w.sum().clamp_min(1.0)
 
 
-def default_layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
-    """(student, teacher) block pairs, evenly: student layer i -> teacher layer round((i+1) * T / S) - 1,
-    so the student's last block imitates the teacher's last block (TinyBERT's uniform mapping).
-
-    Example: ``default_layer_map(3, 6)`` is [(0, 1), (1, 3), (2, 5)].
-    """
-    return [(i, int(round((i + 1) * teacher_layers / student_layers)) - 1) for i in range(student_layers)]
-
-
 # ---- the handler ---------------------------------------------------------------------------------------------
 def apply_distillation(model: nn.Module, spec: DistillationSpec, data: Optional[TaskData],
                        ctx: StageContext) -> nn.Module:
@@ -272,17 +254,11 @@ def apply_distillation(model: nn.Module, spec: DistillationSpec, data: Optional[
     if spec.training.distributed.value != "none":
         raise NotImplementedError("training.distributed 'data_parallel' is not supported by the torch adapter yet")
     teacher_layers = len(block_list(teacher)[2])
-    if spec.student is not None:
-        kept = spec.student.keep_layers or evenly_spaced(len(block_list(model)[2]), spec.student.num_layers)
-        keep_layers(model, kept)
-    student_layers = len(block_list(model)[2]) if {DistillKind.feature, DistillKind.relation} & set(spec.kinds) \
-        else 0
-    layer_map = [tuple(p) for p in spec.layer_map] if spec.layer_map is not None else (
-        default_layer_map(student_layers, teacher_layers) if student_layers else [])
-    for s, t in layer_map:
-        if student_layers and not (s < student_layers and t < teacher_layers):
-            raise ValueError(f"layer_map pair ({s}, {t}) out of range: student has {student_layers} layers, "
-                             f"teacher {teacher_layers}")
+    if spec.student is not None:  # which layers: the core's rule (StudentSpec.layers_to_keep)
+        keep_layers(model, spec.student.layers_to_keep(len(block_list(model)[2])))
+    layer_map: list[tuple[int, int]] = []
+    if {DistillKind.feature, DistillKind.relation} & set(spec.kinds):
+        layer_map = spec.resolved_layer_map(len(block_list(model)[2]), teacher_layers)
     was_training = teacher.training
     teacher.eval()
     loss = DistillationLoss(model, teacher, spec, layer_map)
@@ -310,5 +286,4 @@ def agreement(student: nn.Module, teacher: nn.Module, batches) -> float:
     return same / total if total else float("nan")
 
 
-__all__ = ["apply_distillation", "keep_layers", "evenly_spaced", "block_list", "block_names",
-           "default_layer_map", "DistillationLoss", "agreement"]
+__all__ = ["apply_distillation", "keep_layers", "block_list", "block_names", "DistillationLoss", "agreement"]

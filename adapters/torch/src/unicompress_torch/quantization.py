@@ -1,10 +1,15 @@
 """QuantizationSpec handler of the torch adapter: each mode is done by the native toolkit.
 
 - ``dynamic``: `torch.ao.quantization.quantize_dynamic` with per-layer qconfigs (fbgemm int8 kernels).
-  Weight observers carry the spec's ``quant_min/quant_max`` so bits, scheme and narrow range match the spec.
+  Weight observers carry the spec's ``quant_min/quant_max`` so bits, scheme and narrow range match the spec;
+  activations use the full 8-bit range (`FullRangeDynamicLinear`), and nn.TransformerEncoderLayer is kept
+  off its fast path, which cannot handle quantized Linears.
 - ``static``: torchao PT2E (`torch.export` -> `prepare_pt2e` with `X86InductorQuantizer` -> calibration
-  -> `convert_pt2e`); observers: min-max, percentile (a small `MinMaxObserver` subclass, the observer
-  extension point) or MSE (`HistogramObserver`, which minimises the L2 quantization error).
+  -> `convert_pt2e`). Activation observers: min-max (`MinMaxObserver`), percentile (a `MinMaxObserver`
+  subclass: the observer extension point), MSE (`HistogramObserver`, which minimises the L2 quantization
+  error). Weights are clipped by the same method (a `PerChannelMinMaxObserver` subclass computing the
+  reference's percentile / MSE-grid clip), or min-max.
+  The module-name filter of the quantizer keeps unselected layers (pooler, head, skipped) in float.
 - ``qat``: torchao `prepare_qat_pt2e` (fake-quant), training with the shared train loop, `convert_pt2e`.
 - ``weight_only``: torchao `IntxUnpackedToInt8Tensor` weights (int2..int8), qparams from torchao's
   `choose_qparams_affine` with the spec's integer range.
@@ -131,6 +136,9 @@ def apply_quantization(model: nn.Module, spec: QuantizationSpec, data: Optional[
     if spec.calibration.method is not CalibrationMethod.minmax and spec.mode is not QuantMode.static:
         raise NotImplementedError(f"calibration.method {spec.calibration.method.value!r} applies to mode 'static' "
                                   f"only; mode {spec.mode.value!r} uses min-max ranges")
+    if spec.training is not None and spec.training.distributed.value != "none":
+        raise NotImplementedError("quantization mode 'qat' trains in one process in the torch adapter "
+                                  "(training.distributed: 'none')")
     model.eval()
     plan = plan_layers(model, spec)
     if spec.mapping is Mapping.log:
@@ -339,6 +347,8 @@ def _make_observers() -> dict[str, type]:
             flat = x_orig.detach().float().reshape(-1)
             stride = max(1, flat.numel() * 8 // self.max_samples)
             self._samples.append(flat[::stride].clone())
+            if sum(t.numel() for t in self._samples) > 2 * self.max_samples:  # bounded memory on long runs
+                self._samples = [torch.cat(self._samples)[::2]]
             return super().forward(x_orig)
 
         @torch.jit.export
@@ -464,8 +474,8 @@ def _pt2e_config(lq: LayerQuant, spec: QuantizationSpec, is_qat: bool):
         w_scheme = torch.per_tensor_symmetric if lq.symmetric else torch.per_tensor_affine
         w_obs = MovingAverageMinMaxObserver if is_qat else MinMaxObserver
     method = spec.calibration.method
-    if is_qat:
-        w_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=w_obs, **eps)
+    if is_qat:  # averaging_constant 1: the weight range is the current weights' (not a stale average)
+        w_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=w_obs, averaging_constant=1.0, **eps)
     elif method is CalibrationMethod.minmax:
         w_ctr = w_obs.with_args(**eps)
     else:  # the spec's clipping applies to weights too (reference: quantize_weight(method=...))
@@ -494,24 +504,25 @@ def _apply_pt2e(model: nn.Module, spec: QuantizationSpec, plan: dict[str, LayerQ
                 ctx: StageContext) -> nn.Module:
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantizer.composable_quantizer import ComposableQuantizer
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
     is_qat = spec.mode is QuantMode.qat
-    asym = sorted(n for n, lq in plan.items() if not lq.symmetric)
-    if asym:  # torchao's X86InductorQuantizer (get_weight_qspec) accepts symmetric weight qschemes only
-        raise NotImplementedError(f"torch PT2E ({spec.mode.value}) quantizes weights symmetrically only; "
-                                  f"asymmetric weights requested for {asym[:3]}: use scheme 'symmetric' or "
-                                  "mode 'dynamic'/'weight_only'")
     if data is None:
         raise ValueError(f"quantization mode {spec.mode.value!r} needs data: calibration (static) or training (qat)")
     batches = [to_torch_inputs(x) for x in data.calibration_batches(spec.calibration.num_batches)]
     if not batches:
         raise ValueError("quantization mode 'static' needs calibration data; TaskData gave no batches")
     float_model = copy.deepcopy(model)  # kept for ONNX export (its weights are replaced by the dequantized ints)
-    quantizer = X86InductorQuantizer()
+    x86 = X86InductorQuantizer()
     # one qconfig per selected module (never set_global): unselected layers (pooler, head, skipped) stay float
+    asymmetric = {}
     for name, lq in plan.items():
-        quantizer.set_module_name_qconfig(name, _pt2e_config(lq, spec, is_qat))
+        if lq.symmetric:
+            x86.set_module_name_qconfig(name, _pt2e_config(lq, spec, is_qat))
+        else:  # X86InductorQuantizer's get_weight_qspec refuses affine weight qschemes
+            asymmetric[name] = _pt2e_config(lq, spec, is_qat)
+    quantizer = ComposableQuantizer([x86, linear_quantizer(asymmetric)]) if asymmetric else x86
     graph = _export_graph(model, batches[0], training=is_qat)
     if is_qat:
         prepared = prepare_qat_pt2e(graph, quantizer)
@@ -519,6 +530,8 @@ def _apply_pt2e(model: nn.Module, spec: QuantizationSpec, plan: dict[str, LayerQ
         holder = _GraphHolder(prepared)
         train_loop(holder, data, spec.training, ctx, keep_zeros=False)
         move_exported_model_to_eval(prepared)
+        with torch.no_grad():  # one more observation so the weight ranges are those of the final weights
+            prepared(**batches[0])
     else:
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad(), ctx.bar("calibrate", len(batches)) as bar:
@@ -534,6 +547,31 @@ def _apply_pt2e(model: nn.Module, spec: QuantizationSpec, plan: dict[str, LayerQ
     act_bits = spec.activation_bits
     record = QuantRecord(spec.mode.value, "linear", plan, act_bits, spec.activation_scheme is Scheme.symmetric)
     return PT2EQuantizedModel(converted, float_model, record)
+
+
+def linear_quantizer(configs: dict[str, Any]):
+    """A PT2E `Quantizer` (torchao's extension point) that annotates the aten.linear of the named modules
+    with their QuantizationConfig: input activation and weight, any qscheme (X86InductorQuantizer accepts
+    only symmetric weights)."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer
+
+    class LinearQuantizer(Quantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
+                    continue
+                cfg = configs.get(_module_name(node))
+                if cfg is None or "quantization_annotation" in node.meta:
+                    continue
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={node.args[0]: cfg.input_activation, node.args[1]: cfg.weight},
+                    _annotated=True)
+            return model
+
+        def validate(self, model: torch.fx.GraphModule) -> None:
+            pass
+
+    return LinearQuantizer()
 
 
 class _GraphHolder(nn.Module):
@@ -703,6 +741,12 @@ def _log_raw(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray, np.nda
         out[name] = (p.q.numpy().astype(np.int64), p.sign.numpy().astype(np.int8),
                      p.scale.numpy().astype(np.float64) if p.per_channel else p.scale.numpy().reshape(()).astype(np.float64))
     return out
+
+
+def dequantized_weights(model: nn.Module, names: Optional[list[str]] = None) -> dict[str, np.ndarray]:
+    """Float32 [out, in] weights of a quantized model as it computes with them (integers x scales for the
+    quantized layers, the float weights elsewhere): what `Adapter.weights` should return for it."""
+    return _layers.weights(dequantized_model(model), names)
 
 
 def describe(model: nn.Module) -> list[LayerStats]:
@@ -922,8 +966,8 @@ def rewrite_qdq(proto: Any, record: QuantRecord, qweights: dict[str, QuantizedTe
                     q_cache[key] = tag
                 tag = q_cache[key]
                 dq_x = f"{tag}.dequantized_for_{name}"
-                pre.append(helper.make_node("DequantizeLinear", [tag, tag + ".scale", tag + ".zero_point"], [dq_x],
-                                            name=dq_x + "/DequantizeLinear"))
+                pre.append(helper.make_node("DequantizeLinear", [tag, tag + ".scale", tag + ".zero_point"],
+                                            [dq_x], name=dq_x + "/DequantizeLinear"))
                 node.input[0] = dq_x
             before.setdefault(node.name, []).extend(pre)
         done.add(name)
@@ -946,4 +990,4 @@ def rewrite_qdq(proto: Any, record: QuantRecord, qweights: dict[str, QuantizedTe
 
 __all__ = ["apply_quantization", "quantized_weights", "is_quantized", "export_onnx", "export_float_onnx",
            "dequantized_model", "PT2EQuantizedModel", "FullRangeDynamicLinear", "LogQuantWeight", "LayerQuant", "QuantRecord",
-           "plan_layers", "observer_class", "describe", "RECORD_ATTR", "rewrite_qdq"]
+           "plan_layers", "observer_class", "describe", "dequantized_weights", "RECORD_ATTR", "rewrite_qdq"]

@@ -176,8 +176,9 @@ def train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: Op
       duration (`keep_zeros`); weights under an existing prune mask keep theirs.
     Logs ``ctx.log("loss", step, value)`` every `training.log_every` steps (default every step).
     With ``training.distributed == data_parallel`` (under torchrun) the model trains inside
-    DistributedDataParallel: each rank takes rows ``rank::world_size`` of every global batch, the logged
-    loss is the global one, hooks see the plain module, and every rank returns the same plain module.
+    DistributedDataParallel: each rank takes rows ``rank::world_size`` of every global batch, `loss_fn`
+    gets the DDP wrapper (call it; the plain module is its ``.module``), the logged loss is the global one,
+    and every rank returns the same plain module.
 
     Example: ``train_loop(model, data, TrainingSpec(steps=10, learning_rate=1e-3), ctx)``.
     """
@@ -191,7 +192,7 @@ def train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: Op
     outside = [p for p in (extra_params or []) if id(p) not in ids]
     params += outside
     if dp is not None:
-        dp.broadcast_from_main([p for p in outside])  # DDP syncs the module's own parameters when wrapping
+        dp.broadcast_from_main(outside)  # DDP syncs the module's own parameters when wrapping
     # DDP wraps after the temporary masks exist, so it registers weight_orig (the same Parameter object)
     trained = dp.wrap(model) if dp is not None else model
     optimizer = make_optimizer(params, training)

@@ -108,10 +108,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from unicompress_torch.distributed import DistributedLaunchError
+
     rank = int(os.environ.get("RANK", "0"))
     t0 = time.perf_counter()
-    result = finetune(args.zoo, args.steps, args.learning_rate, args.optimizer, args.batch_size, args.distributed,
-                      progress=rank == 0)
+    try:
+        result = finetune(args.zoo, args.steps, args.learning_rate, args.optimizer, args.batch_size,
+                          args.distributed, progress=rank == 0)
+    except DistributedLaunchError as err:  # started with plain `python`: say how to launch it
+        print(f"{err}\nhere: torchrun --nproc_per_node 2 {sys.argv[0]} {' '.join(argv or sys.argv[1:])}",
+              file=sys.stderr)
+        return 2
     seconds = time.perf_counter() - t0
     if args.save_npz is not None and (rank == 0 or "{rank}" in str(args.save_npz)):
         from unicompress.fileio import atomic_write_bytes

@@ -59,6 +59,7 @@ def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[Task
     for i, stage in enumerate(recipe.stages):
         problems += [Problem(f"stages[{i}].{p.path.split('.', 1)[1] if '.' in p.path else p.path}", p.value,
                              p.allowed) for p in caps.problems(stage)]
+        problems += [Problem(f"stages[{i}].{p.path}", p.value, p.allowed) for p in adapter.refusals(stage)]
     if problems:
         raise CapabilityError(adapter.name, problems, caps.to_text())
     missing = [f"stages[{i}] ({stage.technique}) needs {need}"

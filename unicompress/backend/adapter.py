@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 
-from ..errors import MissingFrameworkError
+from ..errors import MissingFrameworkError, Problem
 from ..specs import TrainingSpec
 from .capabilities import Capabilities
 from .types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TaskData, TransformerStructure
@@ -76,6 +76,15 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def capabilities(self) -> Capabilities:
         """The table of spec values this backend honours (and whether natively or emulated)."""
+
+    def refusals(self, spec: Any) -> list[Problem]:
+        """Combinations of supported values this backend cannot do together (pure data, no framework).
+
+        The capability table judges each field value on its own; this hook names the pairs it
+        cannot express (e.g. a calibration method only in static mode). Checked with the table,
+        before the model is touched. Paths are relative to the spec, e.g. ``"calibration.method"``.
+        """
+        return []
 
     def is_model(self, obj: Any) -> bool:
         """True when `obj` is a model of this framework. Never raises, never imports a framework."""

@@ -34,6 +34,7 @@ def test_keras3_mode_fails_with_the_fix_in_the_message():
     assert "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported" in r.stdout
 
 
+@pytest.mark.slow
 def test_tensorflow_imported_but_keras_untouched_is_switched_to_tf_keras():
     r = _python("""
         import tensorflow as tf

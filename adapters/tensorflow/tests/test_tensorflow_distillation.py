@@ -46,12 +46,12 @@ def test_distillation_loss_is_zero_for_an_identical_student():
 def test_distillation_trains_a_smaller_student(kinds, feature_loss):
     teacher = models.build_model("tiny-bert")
     spec = DistillationSpec(kinds=kinds, feature_loss=feature_loss, temperature=2.0, alpha=0.9,
-                            student={"num_layers": 1}, training={"steps": 6, "learning_rate": 3e-3})
+                            student={"num_layers": 1}, training={"steps": 8, "learning_rate": 1e-3})
     ctx = StageContext(teacher=teacher)
     student = A.apply(A.copy(teacher), spec, _data(1), ctx)
     assert len(layers.structure(student).attention) == 1
     losses = [v for _, v in ctx.history["loss"]]
-    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert len(losses) == 8 and max(losses[-3:]) < losses[0]
     # the teacher stayed frozen
     fresh = models.build_model("tiny-bert")
     np.testing.assert_array_equal(A.weights(teacher)["classifier"], A.weights(fresh)["classifier"])

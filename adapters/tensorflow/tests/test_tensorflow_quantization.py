@@ -44,8 +44,12 @@ def _check_linear(t, w, bits, symmetric, per_channel):
 
 @pytest.mark.parametrize("bits,scheme,granularity", [
     (8, "symmetric", "per_channel"), (4, "asymmetric", "per_tensor"), (8, "symmetric", "per_tensor"),
-    (4, "asymmetric", "per_channel"), (2, "symmetric", "per_channel"), (3, "asymmetric", "per_channel"),
-    (5, "symmetric", "per_tensor"), (6, "symmetric", "per_channel"), (7, "asymmetric", "per_tensor")])
+    (4, "asymmetric", "per_channel"),
+    *(pytest.param(*p, marks=pytest.mark.slow) for p in ((2, "symmetric", "per_channel"),
+                                                         (3, "asymmetric", "per_channel"),
+                                                         (5, "symmetric", "per_tensor"),
+                                                         (6, "symmetric", "per_channel"),
+                                                         (7, "asymmetric", "per_tensor")))])
 def test_weight_only_tfmot_matches_reference(bert, bits, scheme, granularity):
     spec = QuantizationSpec(mode="weight_only", bits=bits, scheme=scheme, granularity=granularity)
     qm = A.apply(A.copy(bert), spec)
@@ -83,6 +87,7 @@ def test_tflite_refuses_what_it_cannot_do(bert):
             A.apply(A.copy(bert), spec, _data())
 
 
+@pytest.mark.slow
 def test_static_tflite_keeps_unselected_layers_float(bert):
     """The converter's node denylist keeps the pooler, the classifier and skipped layers in float."""
     spec = QuantizationSpec(mode="static", overrides=[{"pattern": "*.self.value", "skip": True}])

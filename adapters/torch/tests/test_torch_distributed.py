@@ -11,7 +11,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +58,8 @@ from unicompress.fileio import atomic_write_bytes
 
 out, rank, name = {out!r}, os.environ["RANK"], {zoo!r}
 # fine-tuning through the example's own command line (every rank saves, to check they agree)
-ex.main(["--zoo", name, "--steps", "4", "--learning-rate", "0.1", "--save-npz", out + "/finetune.{{rank}}.npz"])
+assert ex.main(["--zoo", name, "--steps", "4", "--learning-rate", "0.1",
+                "--save-npz", out + "/finetune.{{rank}}.npz"]) == 0
 # gradual movement pruning: torch prune masks (forward pre-hooks) on a model inside DDP
 model = get_backend("torch").build_model(name, seed=0)
 spec = uc.PruningSpec(**{pruning!r}, training={{"steps": 6, "learning_rate": 0.05, "optimizer": "sgd",

@@ -14,6 +14,7 @@ import numpy as np
 
 from unicompress.backend.adapter import Adapter, StageContext
 from unicompress.backend.capabilities import Capabilities
+from unicompress.errors import Problem
 from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TaskData, TransformerStructure
 from unicompress.specs import DistillationSpec, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec
 
@@ -46,6 +47,21 @@ class TorchAdapter(Adapter):
     def capabilities(self) -> Capabilities:
         return torch_capabilities()
 
+    def refusals(self, spec: Any) -> list[Problem]:
+        """Value pairs the torch toolkits cannot do together (the table judges values one by one)."""
+        out = []
+        if isinstance(spec, QuantizationSpec):
+            if spec.calibration.method.value != "minmax" and spec.mode.value != "static":
+                out.append(Problem("calibration.method", spec.calibration.method.value,
+                                   f"torch uses min-max ranges in mode {spec.mode.value!r}; other methods "
+                                   "need mode 'static'"))
+        training = getattr(spec, "training", None)
+        if training is not None and training.distributed.value != "none" and not isinstance(spec, FineTuneSpec):
+            out.append(Problem("training.distributed", training.distributed.value,
+                               f"torch trains {spec.technique} in one process; data_parallel is supported "
+                               "by technique 'finetune'"))
+        return out
+
     # ---- plumbing ------------------------------------------------------------------------------
     def copy(self, model: Any) -> Any:
         return _copy.deepcopy(model)
@@ -57,6 +73,9 @@ class TorchAdapter(Adapter):
         return self._mod("layers").structure(model)
 
     def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        quant = self._quantization()
+        if quant is not None and quant.is_quantized(model):  # quantized layers are no nn.Linear any more
+            return quant.dequantized_weights(model, list(names) if names is not None else None)
         return self._mod("layers").weights(model, names)
 
     def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:

@@ -176,6 +176,27 @@ class DataParallel:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total[0] / self.world_size
 
+    def sync_observers(self, model: nn.Module) -> None:
+        """Merge the range observers' statistics (QAT, torchao/torch.ao): min of ``min_val``, max of ``max_val``.
+
+        Each rank observed only its shard. A moving-average update is monotone in the batch minimum, so with
+        equal state before the step, the min over ranks of each rank's update is exactly the update one
+        process makes on the whole batch (likewise for the maximum). One all_reduce per kind, every step.
+        """
+        observers = [m for m in model.modules() if isinstance(getattr(m, "min_val", None), torch.Tensor)
+                     and isinstance(getattr(m, "max_val", None), torch.Tensor)]
+        for name, op in (("min_val", dist.ReduceOp.MIN), ("max_val", dist.ReduceOp.MAX)):
+            tensors = [getattr(m, name) for m in observers if getattr(m, name).numel()]
+            if not tensors:
+                continue
+            flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+            dist.all_reduce(flat, op=op)
+            offset = 0
+            with torch.no_grad():
+                for t in tensors:
+                    t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                    offset += t.numel()
+
     def average_gradients(self, params: Sequence[torch.Tensor]) -> None:
         """Average the gradients of parameters that live outside the DDP module (one flat all_reduce)."""
         if not params:

@@ -212,6 +212,7 @@ def train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: Op
                 refresh_masked_weights(model)
                 loss = loss_fn(trained, inputs, labels)
                 if dp is not None:
+                    dp.sync_observers(model)  # QAT: the ranges one process would have seen on the whole batch
                     loss = loss * scale
                     shown = dp.mean(loss)  # the global loss, the same on every rank (so all stop together)
                 else:

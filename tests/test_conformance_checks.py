@@ -264,3 +264,23 @@ def test_case_environment_sets_a_free_port_and_restores(monkeypatch):
         assert int(os.environ["MASTER_PORT"]) > 0
     assert os.environ["RANK"] == "7" and "MASTER_PORT" not in os.environ
     assert CASES_BY_ID["finetune/data-parallel"].env == ONE_WORKER_LAUNCH
+
+
+def test_refused_combinations_take_a_case_out_of_claimed_mode():
+    from unicompress.conformance.contract import judge_claimed_row
+    from unicompress.conformance.runner import CaseRunner
+    from unicompress.errors import Problem
+
+    rows = [("pruning", "granularity", "n_m"), ("pruning", "criterion", "magnitude"),
+            ("pruning", "scope", "per_layer"), ("pruning", "schedule.kind", "one_shot")]
+
+    class RefusesNM(_ClaimsOnly):
+        def refusals(self, spec):
+            return [Problem("granularity", "n_m", "not with this toolkit")] if spec.granularity.value == "n_m" else []
+
+    runner = CaseRunner(RefusesNM(rows))
+    case = CASES_BY_ID["pruning/nm-2-4"]
+    assert runner.missing(case) == [] and runner.refused(case) == ["pruning.granularity=n_m"]
+    assert not runner.claims(case)
+    verdict = judge_claimed_row(runner, ("pruning", "granularity", "n_m"))
+    assert verdict.status == "no case" and "refused as a combination" in verdict.detail

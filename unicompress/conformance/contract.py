@@ -58,7 +58,9 @@ def judge_claimed_row(runner: CaseRunner, row: Row, cases: Iterable[Case] = CASE
         runnable = [c for c in exercising if runner.claims(c)]
         if not runnable:
             needs = sorted({row_id(r) for c in exercising for r in runner.missing(c)})
-            v = RowVerdict("no case", f"claimed, but every case exercising it also needs unclaimed {needs}",
+            refused = sorted({x for c in exercising for x in runner.refused(c)})
+            v = RowVerdict("no case", f"claimed, but every case exercising it also needs unclaimed {needs}"
+                           + (f" or is refused as a combination ({refused})" if refused else ""),
                            support=support.value)
         else:
             failures = [f for c in runnable for f in _failing_checks(runner, c)]
@@ -73,7 +75,7 @@ def probe_unclaimed_row(runner: CaseRunner, row: Row, cases: Iterable[Case] = CA
     """Try the simplest case that isolates an unclaimed row (all its other rows claimed)."""
     if runner.capabilities.support(*row) is not Support.unsupported:
         return RowVerdict("claimed")
-    isolating = [c for c in cases_for_row(row, cases) if set(runner.missing(c)) == {row}]
+    isolating = [c for c in cases_for_row(row, cases) if set(runner.missing(c)) == {row} and not runner.refused(c)]
     if not isolating:
         v = RowVerdict("not probed", "no case isolates it: every case also needs another unclaimed row")
     else:
@@ -107,6 +109,10 @@ def check_refusal(runner: CaseRunner, limit: int = 3) -> CheckResult:
             candidates.append(case)
         if len(candidates) >= limit:
             break
+    # a combination the adapter refuses (Adapter.refusals) must be refused the same way
+    combo = next((c for c in CASES if not runner.missing(c) and runner.refused(c)), None)
+    if combo is not None:
+        candidates.append(combo)
     if not candidates:
         return _store(runner, CheckResult("refuses_unclaimed", None, "the backend claims every row: nothing to refuse"))
     a, fails = runner.adapter, []
@@ -116,7 +122,9 @@ def check_refusal(runner: CaseRunner, limit: int = 3) -> CheckResult:
         try:
             compress(model, case.spec, task_data(case.model), backend=runner.name, progress=False,
                      teacher=a.build_model(case.model, seed=0) if case.technique == "distillation" else None)
-            fails.append(f"{case.id}: compress accepted it although {row_id(runner.missing(case)[0])} is not claimed")
+            why = row_id(runner.missing(case)[0]) + " is not claimed" if runner.missing(case) else \
+                f"the adapter refuses {runner.refused(case)}"
+            fails.append(f"{case.id}: compress accepted it although {why}")
         except CapabilityError:
             pass
         except Exception as exc:

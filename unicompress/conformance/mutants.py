@@ -73,6 +73,9 @@ class MutantAdapter(Adapter):
                 row[value] = Support.native
         return Capabilities(self.name, table, caps.notes)
 
+    def refusals(self, spec: Any) -> list:
+        return [] if self.mutation == "false_claim" else self.inner.refusals(spec)
+
     # ---- plumbing: delegated ------------------------------------------------------------------------------
     def is_model(self, obj: Any) -> bool:
         return self.inner.is_model(obj)

@@ -83,8 +83,16 @@ class CaseRunner:
         """Rows the case needs that this backend does not claim (empty: the case runs in claimed mode)."""
         return sorted(r for r in case.requires if r not in self.claimed_rows)
 
+    def refused(self, case: Case) -> list[str]:
+        """Combinations the adapter refuses up front (`Adapter.refusals`) although each value is claimed."""
+        refusals = getattr(self.adapter, "refusals", None)
+        if refusals is None:
+            return []
+        return [f"{spec.technique}.{p.path}={p.value}" for spec in (*case.pre, case.spec) for p in refusals(spec)]
+
     def claims(self, case: Case) -> bool:
-        return not self.missing(case)
+        """The case runs in claimed mode: every row claimed and the combination not refused."""
+        return not self.missing(case) and not self.refused(case)
 
     # ---- running --------------------------------------------------------------------------------------
     def outcome(self, case: Case) -> Outcome:

@@ -31,6 +31,9 @@ def expect(runner: CaseRunner, case: Case, check: str) -> None:
     missing = runner.missing(case)
     if missing:
         pytest.skip(f"{runner.name} does not claim {', '.join(row_id(r) for r in missing)}")
+    refused = runner.refused(case)
+    if refused:
+        pytest.skip(f"{runner.name} refuses this combination up front: {', '.join(refused)}")
     result = runner.result(case, check)
     if result.passed is None:
         pytest.skip(f"not applicable: {result.message}")

@@ -150,3 +150,15 @@ def test_global_scope_and_other_criteria_are_refused():
     assert caps.problems(PruningSpec(sparsity=0.5, criterion="movement", training={"steps": 2}))
     with pytest.raises(pruning.PruningNotSupportedError, match="global"):
         ADAPTER.apply(_bert(), PruningSpec(sparsity=0.5, scope="global"))
+
+
+def test_refusals_name_the_combinations_emulated_paths_cannot_do():
+    training = {"steps": 4}
+    gradual = {"kind": "polynomial", "end_step": 4}
+    assert [p.path for p in ADAPTER.refusals(PruningSpec(granularity="head", sparsity=0.5, schedule=gradual,
+                                                         training=training))] == ["schedule.kind"]
+    assert [p.path for p in ADAPTER.refusals(PruningSpec(granularity="block", block_shape=(4, 4), sparsity=0.5,
+                                                         norm="l2", schedule=gradual, training=training))] == ["norm"]
+    assert ADAPTER.refusals(PruningSpec(granularity="block", block_shape=(4, 4), sparsity=0.5, norm="l1",
+                                        schedule=gradual, training=training)) == []
+    assert ADAPTER.refusals(PruningSpec(granularity="head", sparsity=0.5)) == []

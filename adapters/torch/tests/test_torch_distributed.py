@@ -1,14 +1,17 @@
 """Data-parallel training (training.distributed: data_parallel) on torch.distributed + DDP.
 
-The main test launches 2 CPU processes with torchrun (gloo), fine-tunes (through the example's command
-line) and gradually prunes a zoo model with `unicompress.compress`, and checks every weight against the
-same recipes run in one process. tiny-vit runs by default (its workers import no transformers, so the
-launch stays cheap); tiny-bert is the same test, marked slow.
+The main test launches 2 CPU processes with torchrun (gloo) on a worker script that fine-tunes (through the
+example's command line), prunes then fine-tunes, prunes gradually and trains a model holding a range
+observer, then runs the same script in this process with distributed: none and compares every weight and
+buffer. tiny-vit runs by default (its workers import no transformers, so the launch stays cheap); tiny-bert
+is the same test, marked slow.
 """
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import io
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -36,48 +39,78 @@ PRUNING = dict(sparsity=0.5, criterion="movement",
                schedule={"kind": "polynomial", "begin_step": 0, "end_step": 4, "frequency": 2})
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("ddp_finetune_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _pruning(distributed: str) -> uc.PruningSpec:
-    return uc.PruningSpec(**PRUNING, training={"steps": 6, "learning_rate": 0.05, "optimizer": "sgd",
-                                               "distributed": distributed})
-
-
 WORKER = """
 import os, sys
 sys.path.insert(0, {examples!r})
 import ddp_finetune as ex
 import unicompress as uc
+from torch.ao.quantization.observer import MovingAverageMinMaxObserver
 from unicompress.backend import get_backend
+from unicompress.backend.adapter import StageContext
 from unicompress.fileio import atomic_write_bytes
+from unicompress.specs import TrainingSpec
+from unicompress_torch.training import train_loop
 
-out, rank, name = {out!r}, os.environ["RANK"], {zoo!r}
-# fine-tuning through the example's own command line (every rank saves, to check they agree)
-assert ex.main(["--zoo", name, "--steps", "4", "--learning-rate", "0.1",
+mode, out, name = sys.argv[1:4]
+rank = os.environ.get("RANK", "0")
+A = get_backend("torch")
+data = ex.synthetic_task(name)
+
+
+def training(**kw):
+    return {{"steps": 6, "learning_rate": 0.05, "optimizer": "sgd", "distributed": mode, **kw}}
+
+
+def save(stage, model):
+    atomic_write_bytes(f"{{out}}/{{stage}}.{{rank}}.npz", ex.weights_npz(model))
+
+
+# 1. fine-tuning through the example's own command line (every rank saves, to check they agree)
+assert ex.main(["--zoo", name, "--steps", "4", "--learning-rate", "0.1", "--distributed", mode,
                 "--save-npz", out + "/finetune.{{rank}}.npz"]) == 0
-# gradual movement pruning: torch prune masks (forward pre-hooks) on a model inside DDP
-model = get_backend("torch").build_model(name, seed=0)
-spec = uc.PruningSpec(**{pruning!r}, training={{"steps": 6, "learning_rate": 0.05, "optimizer": "sgd",
-                                               "distributed": "data_parallel"}})
-result = uc.compress(model, spec, ex.synthetic_task(name), backend="torch", progress=False)
-atomic_write_bytes(out + "/prune." + rank + ".npz", ex.weights_npz(result.model))
-print("sparsity", rank, result.history[0]["sparsity"])
+# 2. one-shot pruning, then fine-tuning: the kept zeros are torch prune masks (forward pre-hooks) inside DDP
+result = uc.compress(A.build_model(name, seed=0), [uc.PruningSpec(sparsity=0.5), uc.FineTuneSpec(training=training())],
+                     data, backend="torch", progress=False)
+save("prune_finetune", result.model)
+# 3. gradual movement pruning: masks change while DDP trains (through the handler: the API takes
+#    data_parallel for finetune only), scores from DDP-averaged gradients
+ctx = StageContext()
+save("gradual", A.apply(A.build_model(name, seed=0), uc.PruningSpec(**{pruning!r}, training=training()), data, ctx))
+if rank == "0":  # one writer: two ranks printing at once interleave their lines
+    print("sparsity", rank, ctx.history["sparsity"], flush=True)
+# 4. a QAT-style range observer inside the model sees only its rank's rows: train_loop merges the ranges
+model = A.build_model(name, seed=0)
+model.add_module("logit_observer", MovingAverageMinMaxObserver())
+model.classifier.register_forward_hook(lambda module, args, output: model.logit_observer(output))
+save("observer", train_loop(model, data, TrainingSpec(**training(steps=3)), StageContext()))
 """
+STAGES = ("finetune", "prune_finetune", "gradual", "observer")
 
 
-def _torchrun(tmp_path: Path, zoo_name: str) -> subprocess.CompletedProcess:
+def _write_worker(tmp_path: Path) -> Path:
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(examples=str(EXAMPLE.parent), out=str(tmp_path), pruning=PRUNING, zoo=zoo_name))
+    script.write_text(WORKER.format(examples=str(EXAMPLE.parent), pruning=PRUNING))
+    return script
+
+
+def _torchrun(script: Path, out: Path, zoo_name: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     # --standalone: a local rendezvous on a free port (no fixed MASTER_PORT to collide with)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "data_parallel", str(out), zoo_name]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _run_here(script: Path, out: Path, zoo_name: str, monkeypatch) -> str:
+    """The same worker in this process with distributed: none; returns what it printed."""
+    for name in TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "argv", [str(script), "none", str(out), zoo_name])
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        runpy.run_path(str(script), run_name="__main__")
+    return buf.getvalue()
 
 
 def _max_diff(a, b) -> float:
@@ -86,33 +119,32 @@ def _max_diff(a, b) -> float:
 
 
 @pytest.mark.parametrize("zoo_name", ["tiny-vit", pytest.param("tiny-bert", marks=pytest.mark.slow)])
-def test_two_process_ddp_matches_one_process(tmp_path, zoo_name):
-    out = _torchrun(tmp_path, zoo_name)
+def test_two_process_ddp_matches_one_process(tmp_path, zoo_name, monkeypatch):
+    script = _write_worker(tmp_path)
+    (tmp_path / "ddp").mkdir()
+    (tmp_path / "one").mkdir()
+    out = _torchrun(script, tmp_path / "ddp", zoo_name)
     assert out.returncode == 0, out.stderr[-4000:]
-    ex = _example()
     torch.set_num_threads(1)
+    printed = _run_here(script, tmp_path / "one", zoo_name, monkeypatch)
     initial = {k: v.detach().numpy() for k, v in A.build_model(zoo_name, seed=0).state_dict().items()}
-    single_ft = ex.finetune(zoo_name, steps=4, learning_rate=0.1, optimizer="sgd", batch_size=8,
-                            distributed="none")
-    single_pr = uc.compress(A.build_model(zoo_name, seed=0), _pruning("none"), ex.synthetic_task(zoo_name),
-                            backend="torch", progress=False)
-    for stage, single in (("finetune", single_ft.model), ("prune", single_pr.model)):
-        rank0, rank1 = (np.load(tmp_path / f"{stage}.{r}.npz") for r in (0, 1))
-        ref = {k: v.detach().numpy() for k, v in single.state_dict().items()}
+    for stage in STAGES:
+        rank0, rank1, one = (np.load(tmp_path / d / f"{stage}.{r}.npz") for d, r in (("ddp", 0), ("ddp", 1), ("one", 0)))
         assert _max_diff(rank0, rank1) == 0.0, stage  # every rank returns the same weights
-        assert set(rank0.files) == set(ref), stage
-        diff = max(float(np.abs(rank0[k] - ref[k]).max()) for k in ref)
+        diff = _max_diff(rank0, one)
         assert diff <= 1e-5, (stage, diff)  # measured about 1e-8: only the all-reduce summation order differs
         moved = max(float(np.abs(rank0[k] - initial[k]).max()) for k in initial)
         assert moved > 1e-3, (stage, moved)  # both trained
-    pruned = np.load(tmp_path / "prune.0.npz")
-    ref = single_pr.model.state_dict()
-    targets = [layer.name + ".weight" for layer in A.layers(single_pr.model)
-               if layer.name + ".weight" in pruned.files and (pruned[layer.name + ".weight"] == 0).mean() > 0]
-    assert targets, "the pruning stage left no zeros"
-    for k in targets:  # the same masks as one process, at the target sparsity
-        assert (pruned[k] == 0).mean() == 0.5 and np.array_equal(pruned[k] == 0, ref[k].numpy() == 0), k
-    assert f"sparsity 0 {single_pr.history[0]['sparsity']}" in out.stdout  # the same schedule points
+        if stage in ("prune_finetune", "gradual"):  # the same masks as one process, at the target sparsity
+            pruned = [k for k in rank0.files if rank0[k].ndim == 2 and (rank0[k] == 0).mean() >= 0.5]
+            assert pruned, stage
+            for k in pruned:
+                assert np.array_equal(rank0[k] == 0, one[k] == 0), (stage, k)
+    # "observer" compared its min_val/max_val too: the range the whole batch gives, not rank 0's half
+    obs = np.load(tmp_path / "ddp" / "observer.0.npz")
+    assert np.isfinite(obs["logit_observer.min_val"]) and obs["logit_observer.min_val"] < obs["logit_observer.max_val"]
+    sparsity = [line for line in printed.splitlines() if line.startswith("sparsity")][0].split(" ", 2)[2]
+    assert f"sparsity 0 {sparsity}" in out.stdout  # the same schedule points on rank 0 (logged on every rank)
     assert "on 2 process(es) (data_parallel)" in out.stdout  # the example's summary, printed by rank 0 only
     assert out.stdout.count("process(es)") == 1
 
@@ -188,7 +220,7 @@ def _train_both(loss_fn=None, extra=None, steps=5):
         spec = TrainingSpec(steps=steps, learning_rate=0.1, optimizer="sgd", distributed=mode)
         out = train_loop(TwoInputs(), _two_input_data(), spec, ctx, loss_fn=loss_fn,
                          extra_params=[extra] if extra is not None else None)
-        results[mode] = (out, [v for _, v in ctx.history["loss"]], None if extra is None else float(extra))
+        results[mode] = (out, [v for _, v in ctx.history["loss"]], None if extra is None else float(extra.detach()))
     return results
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from unicompress.backend.adapter import Adapter
 from unicompress.backend.capabilities import Capabilities
 from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TransformerStructure
+from unicompress.errors import Problem
 
 from .capabilities import tensorflow_capabilities
 
@@ -33,6 +34,21 @@ class TensorFlowAdapter(Adapter):
     # ---- data ----------------------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
         return tensorflow_capabilities()
+
+    def refusals(self, spec: Any) -> list[Problem]:
+        """Claimed values that do not go together here (checked before the model is touched)."""
+        from unicompress.specs import Granularity, Norm, PruningSpec
+
+        out = []
+        if isinstance(spec, PruningSpec) and spec.trains:
+            if spec.granularity in (Granularity.neuron, Granularity.head):
+                out.append(Problem("schedule.kind", spec.schedule.kind.value,
+                                   f"{spec.granularity.value} pruning is emulated one-shot on tensorflow: "
+                                   "use schedule one_shot, then a finetune stage"))
+            elif spec.granularity is Granularity.block and spec.norm is Norm.l2:
+                out.append(Problem("norm", "l2", "gradual block pruning on tensorflow scores blocks natively "
+                                                 "by the L1 norm (TFMOT AVG pooling): use norm l1"))
+        return out
 
     # ---- model plumbing ------------------------------------------------------------------------
     def copy(self, model: Any) -> Any:

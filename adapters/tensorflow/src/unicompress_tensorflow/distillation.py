@@ -58,20 +58,10 @@ def zoo_config(model: keras.Model) -> Any:
                             num_labels=get("classifier").units)
 
 
-def kept_layers(student: StudentSpec, num_layers: int) -> list[int]:
-    """keep_layers as given, or num_layers evenly spaced ending with the last block (as the torch backend)."""
-    if student.keep_layers is not None:
-        if max(student.keep_layers) >= num_layers:
-            raise ValueError(f"keep_layers {student.keep_layers} but the teacher has {num_layers} layers")
-        return list(student.keep_layers)
-    k = min(student.num_layers, num_layers)
-    return [int(round((i + 1) * num_layers / k)) - 1 for i in range(k)]
-
-
 def build_student(model: keras.Model, student: StudentSpec) -> tuple[keras.Model, list[int]]:
     """A copy of the model that keeps only some blocks (student block i = teacher block keep[i])."""
     cfg = zoo_config(model)
-    keep = kept_layers(student, cfg.num_hidden_layers)
+    keep = student.layers_to_keep(cfg.num_hidden_layers)  # the core defines the choice once
     small = dataclasses.replace(cfg, num_hidden_layers=len(keep))
     new = build_vit(small) if isinstance(cfg, zvit.ViTConfig) else build_bert(small)
     prefix = "vit.encoder.layer." if isinstance(cfg, zvit.ViTConfig) else "bert.encoder.layer."
@@ -105,13 +95,6 @@ def tapped(model: keras.Model, spec: DistillationSpec) -> keras.Model:
     return keras.Model(model.inputs, outputs)
 
 
-def default_layer_map(num_student: int, num_teacher: int, keep: Optional[list[int]]) -> list[tuple[int, int]]:
-    """Student block i -> the teacher block it was copied from, else evenly (last to last)."""
-    if keep is not None:
-        return list(enumerate(keep))
-    return [(i, round((i + 1) * num_teacher / num_student) - 1) for i in range(num_student)]
-
-
 def _kl(p_log_teacher: tf.Tensor, q_log_student: tf.Tensor) -> tf.Tensor:
     """KL(teacher || student) from log-probabilities along the last axis, averaged over the rest."""
     return tf.reduce_mean(tf.reduce_sum(tf.exp(p_log_teacher) * (p_log_teacher - q_log_student), -1))
@@ -131,19 +114,13 @@ def _relation_logs(att: ScaledDotProductAttention, q, k, v, bias=None) -> tuple[
 def apply_distillation(model: Any, spec: DistillationSpec, data: Optional[TaskData], ctx: StageContext) -> Any:
     """Train the student (built from `model` when spec.student is set) to imitate ctx.teacher."""
     teacher = ctx.teacher if ctx.teacher is not None else model
-    keep = None
     student = model
     if spec.student is not None:
-        student, keep = build_student(model, spec.student)
+        student, _ = build_student(model, spec.student)
     if not (is_graph_model(student) and is_graph_model(teacher)):
         raise TypeError("distillation taps hidden states of functional tf_keras models")
     t_att, s_att = _attention_layers(teacher), _attention_layers(student)
-    layer_map = [tuple(p) for p in spec.layer_map] if spec.layer_map else \
-        default_layer_map(len(s_att), len(t_att), keep)
-    for si, ti in layer_map:
-        if si >= len(s_att) or ti >= len(t_att):
-            raise ValueError(f"layer_map pair ({si}, {ti}) is out of range ({len(s_att)} student, "
-                             f"{len(t_att)} teacher layers)")
+    layer_map = spec.resolved_layer_map(len(s_att), len(t_att))  # the core's default map (or the spec's)
     t_tap, s_tap = tapped(teacher, spec), tapped(student, spec)
     projections: dict[int, keras.layers.Dense] = {}
     if DistillKind.feature in spec.kinds:

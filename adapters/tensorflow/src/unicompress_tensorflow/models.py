@@ -156,6 +156,21 @@ def _dense(units: int, name: str, activation: Optional[str] = None) -> keras.lay
     return keras.layers.Dense(units, activation=activation, name=name)
 
 
+def _attention(x, p: str, heads: int, head_dim: int, bias=None):
+    """Q/K/V Dense -> scaled dot-product attention -> output Dense, named as the zoo names them."""
+    h = heads * head_dim
+    q, k, v = (_dense(h, f"{p}.attention.self.{n}")(x) for n in ("query", "key", "value"))
+    inputs = [q, k, v] if bias is None else [q, k, v, bias]
+    a = ScaledDotProductAttention(heads, head_dim, name=f"{p}.attention.self")(inputs)
+    return _dense(h, f"{p}.attention.output.dense")(a)
+
+
+def _ffn(x, p: str, intermediate: int, hidden: int):
+    """Dense -> exact GELU -> Dense."""
+    f = _gelu(f"{p}.intermediate.intermediate_act_fn")(_dense(intermediate, f"{p}.intermediate.dense")(x))
+    return _dense(hidden, f"{p}.output.dense")(f)
+
+
 def build_bert(cfg: zbert.BertConfig) -> keras.Model:
     """A functional BERT encoder + pooler + classifier following unicompress/zoo/bert.py."""
     h, heads, eps = cfg.hidden_size, cfg.num_attention_heads, cfg.layer_norm_eps
@@ -172,17 +187,10 @@ def build_bert(cfg: zbert.BertConfig) -> keras.Model:
     bias = AdditiveMask(name="bert.extended_attention_mask")(mask)
     for i in range(cfg.num_hidden_layers):
         p = zbert.layer_prefix(i)
-        q = _dense(h, f"{p}.attention.self.query")(x)
-        k = _dense(h, f"{p}.attention.self.key")(x)
-        v = _dense(h, f"{p}.attention.self.value")(x)
-        a = ScaledDotProductAttention(heads, cfg.head_dim, name=f"{p}.attention.self")([q, k, v, bias])
-        a = _dense(h, f"{p}.attention.output.dense")(a)
+        a = _attention(x, p, heads, cfg.head_dim, bias)
         x = keras.layers.Add(name=f"{p}.attention.output.residual")([a, x])
         x = keras.layers.LayerNormalization(epsilon=eps, name=f"{p}.attention.output.LayerNorm")(x)
-        f = _dense(cfg.intermediate_size, f"{p}.intermediate.dense")(x)
-        f = _gelu(f"{p}.intermediate.intermediate_act_fn")(f)
-        f = _dense(h, f"{p}.output.dense")(f)
-        x = keras.layers.Add(name=f"{p}.output.residual")([f, x])
+        x = keras.layers.Add(name=f"{p}.output.residual")([_ffn(x, p, cfg.intermediate_size, h), x])
         x = keras.layers.LayerNormalization(epsilon=eps, name=f"{p}.output.LayerNorm")(x)
     pooled = _dense(h, "bert.pooler.dense", activation="tanh")(FirstToken(name="bert.pooler.first_token")(x))
     logits = _dense(cfg.num_labels, "classifier")(pooled)
@@ -199,17 +207,9 @@ def build_vit(cfg: zvit.ViTConfig) -> keras.Model:
     for i in range(cfg.num_hidden_layers):
         p = f"vit.encoder.layer.{i}"
         y = keras.layers.LayerNormalization(epsilon=eps, name=f"{p}.layernorm_before")(x)
-        q = _dense(h, f"{p}.attention.self.query")(y)
-        k = _dense(h, f"{p}.attention.self.key")(y)
-        v = _dense(h, f"{p}.attention.self.value")(y)
-        a = ScaledDotProductAttention(heads, cfg.head_dim, name=f"{p}.attention.self")([q, k, v])
-        a = _dense(h, f"{p}.attention.output.dense")(a)
-        x = keras.layers.Add(name=f"{p}.attention.residual")([x, a])
+        x = keras.layers.Add(name=f"{p}.attention.residual")([x, _attention(y, p, heads, cfg.head_dim)])
         y = keras.layers.LayerNormalization(epsilon=eps, name=f"{p}.layernorm_after")(x)
-        f = _dense(cfg.intermediate_size, f"{p}.intermediate.dense")(y)
-        f = _gelu(f"{p}.intermediate.intermediate_act_fn")(f)
-        f = _dense(h, f"{p}.output.dense")(f)
-        x = keras.layers.Add(name=f"{p}.output.residual")([x, f])
+        x = keras.layers.Add(name=f"{p}.output.residual")([x, _ffn(y, p, cfg.intermediate_size, h)])
     x = keras.layers.LayerNormalization(epsilon=eps, name="vit.layernorm")(x)
     logits = _dense(cfg.num_labels, "classifier")(FirstToken(name="vit.first_token")(x))
     return keras.Model({"pixel_values": pix}, logits, name="vit")

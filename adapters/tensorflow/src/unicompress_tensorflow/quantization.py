@@ -5,8 +5,11 @@
   symmetric, narrow_range), then `quantize_apply`; qat fine-tunes. TFMOT's `quantize_model` refuses the
   Transformer's LayerNormalization and custom layers; in qat we annotate LayerNormalization with an
   output-only config so its activations are fake-quantized too.
-- dynamic, static: the TFLite converter (dynamic range; full int8 with a representative dataset).
-  The model becomes a `TFLiteModel` (flatbuffer + the float Keras model for names).
+- dynamic, static: the TFLite converter (dynamic range; full int8 with a representative dataset, the
+  unselected Dense layers kept float by its node denylist). The model becomes a `TFLiteModel`
+  (flatbuffer + the float Keras model for names). Static settings the int8 converter cannot do
+  (asymmetric or < 8-bit weights, per-layer bits) go through TFMOT with AllValuesQuantizer
+  activations fed the calibration batches (min/max calibration).
 - mapping log: a fake-quant quantizer of ours (emulated), weight_only/qat only.
 
 `quantized_weights` reads integers, scales and zero-points from what the toolkit produced: the
@@ -33,7 +36,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_regis
 from unicompress.backend.adapter import StageContext  # noqa: E402
 from unicompress.backend.types import Inputs, LayerStats, QuantizedTensor, TaskData  # noqa: E402
 from unicompress.errors import UnicompressError  # noqa: E402
-from unicompress.specs import Mapping, QuantGranularity, QuantizationSpec, QuantMode, Scheme  # noqa: E402
+from unicompress.specs import QuantGranularity, QuantizationSpec, QuantMode, Scheme  # noqa: E402
 
 from . import layers as L  # noqa: E402
 from .models import custom_objects  # noqa: E402
@@ -414,12 +417,11 @@ def _check_tflite(spec: QuantizationSpec) -> None:
 
 
 def apply_quantization(model: Any, spec: QuantizationSpec, data: Optional[TaskData], ctx: StageContext) -> Any:
-    """Quantize with TFMOT (qat, weight_only) or the TFLite converter (dynamic, static)."""
+    """Quantize with TFMOT (qat, weight_only; static where TFLite cannot) or the TFLite converter
+    (dynamic; static int8)."""
     if not L.is_graph_model(model):
         raise QuantizationNotSupportedError("TFMOT and the TFLite converter path need a functional or Sequential "
                                             "tf_keras model")
-    if spec.mode in (QuantMode.dynamic, QuantMode.static) and spec.mapping is Mapping.log:
-        raise QuantizationNotSupportedError("log mapping is weight_only/qat only")
     if spec.mode is QuantMode.dynamic or (spec.mode is QuantMode.static and not tflite_problems(spec)):
         _check_tflite(spec)
         return tflite_quantize(model, spec, data)

@@ -9,7 +9,8 @@ Why the result matches one process: every rank reads the same global batches and
 ``rank::world_size`` of each; its loss is scaled by ``world_size * n_local / n_global`` so that DDP's
 gradient average equals the gradient of the full-batch mean loss even when the batch does not split
 evenly. Parameters trained beside the model (`extra_params`, e.g. distillation projections) are not
-inside the DDP module, so their gradients are averaged here with one `all_reduce`.
+inside the DDP module, so their gradients are averaged here with one `all_reduce`; range observers
+(QAT's min_val/max_val) are merged every step (min of minima, max of maxima).
 
 Launch (the process group comes from torchrun)::
 
@@ -218,7 +219,7 @@ class DataParallel:
 
     def sync_module(self, model: nn.Module) -> None:
         """Give every rank rank 0's parameters and buffers. Parameters already agree (same averaged
-        gradients); buffers may not (e.g. QAT observers saw only their own shard)."""
+        gradients); other buffers may not (e.g. BatchNorm statistics of the rank's own rows)."""
         with torch.no_grad():
             self.broadcast_from_main([*model.parameters(), *model.buffers()])
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -115,6 +115,21 @@ class TaskData:
     num_labels: Optional[int] = None
     task: str = "classification"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def endless_train(self) -> Iterator[tuple[Inputs, np.ndarray]]:
+        """(inputs, labels) training batches forever, restarting `train()` when it runs out.
+
+        Example: ``for step, (x, y) in zip(range(spec.steps), data.endless_train()): ...``
+        """
+        if self.train is None:
+            raise ValueError("this stage trains the model: give TaskData with train batches (TaskData.train)")
+        while True:
+            empty = True
+            for x, y in self.train():
+                empty = False
+                yield x, y
+            if empty:
+                raise ValueError("TaskData.train yielded no batches")
 
     def calibration_batches(self, limit: int) -> list[Inputs]:
         """Up to `limit` calibration inputs (falls back to the train inputs)."""

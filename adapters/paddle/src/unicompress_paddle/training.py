@@ -5,7 +5,6 @@ every optimizer step so pruned weights stay zero, as FineTuneSpec promises.
 """
 from __future__ import annotations
 
-import itertools
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -45,16 +44,10 @@ def apply_masks(model: Any) -> None:
 
 
 def batches(data: TaskData) -> Iterator[tuple[Any, np.ndarray]]:
-    """Training batches forever (the iterator restarts at the end of the data)."""
-    if data is None or data.train is None:
+    """Training batches forever (the core's `TaskData.endless_train`)."""
+    if data is None:
         raise ValueError("this stage trains the model: give TaskData with train batches")
-    for _ in itertools.count():
-        empty = True
-        for x, y in data.train():
-            empty = False
-            yield x, y
-        if empty:
-            raise ValueError("TaskData.train yielded no batches")
+    return data.endless_train()
 
 
 def make_optimizer(model: Any, spec: TrainingSpec, parameters=None):

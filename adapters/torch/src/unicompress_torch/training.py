@@ -103,16 +103,11 @@ def cross_entropy_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels
 
 
 def batches_forever(data: TaskData) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """(inputs, labels) tensors from `data.train()`, restarting it when it runs out."""
-    if data is None or data.train is None:
+    """(inputs, labels) tensors from the core's endless `TaskData.endless_train()`."""
+    if data is None:
         raise ValueError("this stage trains the model: pass TaskData with a `train` source")
-    while True:
-        seen = False
-        for x, y in data.train():
-            seen = True
-            yield to_torch_inputs(x), torch.as_tensor(np.asarray(y, dtype=np.int64))
-        if not seen:
-            raise ValueError("TaskData.train() yielded no batches")
+    for x, y in data.endless_train():
+        yield to_torch_inputs(x), torch.as_tensor(np.asarray(y, dtype=np.int64))
 
 
 def _lr_factor(step: int, warmup: int) -> float:

@@ -90,3 +90,11 @@ def test_evaluation_and_export_are_atomic_and_reported(tmp_path):
     assert (tmp_path / "mlp.onnx").exists() and not list(tmp_path.glob(".*tmp*"))
     saved = result.report.save(tmp_path / "report")
     assert saved["markdown"].read_text().startswith("# Compression report: mlp")
+
+
+def test_a_distributed_strategy_the_backend_lacks_is_refused_for_every_training_stage():
+    spec = uc.DistillationSpec(training={"steps": 2, "distributed": "data_parallel"})
+    problems = uc.api._distributed_problems(0, spec, NumpyAdapter().capabilities())
+    assert [p.path for p in problems] == ["stages[0].training.distributed"]
+    assert "trains in one process only" in problems[0].allowed
+    assert uc.api._distributed_problems(0, uc.DistillationSpec(), NumpyAdapter().capabilities()) == []

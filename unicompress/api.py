@@ -60,6 +60,7 @@ def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[Task
         problems += [Problem(f"stages[{i}].{p.path.split('.', 1)[1] if '.' in p.path else p.path}", p.value,
                              p.allowed) for p in caps.problems(stage)]
         problems += [Problem(f"stages[{i}].{p.path}", p.value, p.allowed) for p in adapter.refusals(stage)]
+        problems += _distributed_problems(i, stage, caps)
     if problems:
         raise CapabilityError(adapter.name, problems, caps.to_text())
     missing = [f"stages[{i}] ({stage.technique}) needs {need}"
@@ -74,6 +75,19 @@ def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[Task
             shown = ", ".join(f"{layer.name} ({layer.role.value})" for layer in layers[:8])
             raise LayerSelectionError(f"stages[{i}].selector matches no layer of this model; "
                                       f"its layers include: {shown}{' ...' if len(layers) > 8 else ''}")
+
+
+def _distributed_problems(index: int, stage: Any, caps: Any) -> list[Problem]:
+    """Any stage that trains may name a distributed strategy; the backend's training support (declared
+    once, on the finetune row) must cover it, or training would silently run in one process."""
+    training = getattr(stage, "training", None)
+    if training is None or training.distributed.value == "none" or isinstance(stage, FineTuneSpec):
+        return []
+    if caps.support("finetune", "training.distributed", training.distributed.value).value != "unsupported":
+        return []
+    return [Problem(f"stages[{index}].training.distributed", training.distributed.value,
+                    f"{caps.backend} trains in one process only (its capability table claims no "
+                    f"finetune.training.distributed={training.distributed.value})")]
 
 
 def _data_need(stage: Any) -> Optional[str]:

@@ -149,6 +149,7 @@ def compress(model: Any, recipe: RecipeLike, data: Optional[TaskData] = None, *,
     working = model if inplace else adapter.copy(model)
     bar_factory = _progress(progress)
     stage_reports = []
+    stats = layers_before
     for i, stage in enumerate(recipe.stages):
         ctx = StageContext(progress=bar_factory, stage_index=i)
         if isinstance(stage, DistillationSpec):
@@ -167,7 +168,7 @@ def compress(model: Any, recipe: RecipeLike, data: Optional[TaskData] = None, *,
 
     exports = _export(adapter, working, recipe, data, export_example)
     report = CompressionReport(recipe=recipe.name, backend=adapter.name, layers_before=layers_before,
-                               layers_after=adapter.describe(working), stages=stage_reports,
+                               layers_after=stats, stages=stage_reports,  # the last stage's describe()
                                metrics_before=metrics_before,
                                metrics_after=_metrics(adapter, working, evaluate, data) if recipe.evaluate else {},
                                exports={k: str(v) for k, v in exports.items()})

@@ -156,12 +156,22 @@ def set_weights(model: nn.Module, values: dict[str, np.ndarray]) -> None:
                 setattr(rec.module, rec.param, target * mask)
 
 
+def nonzero_count(t: torch.Tensor) -> int:
+    """Non-zeros of a tensor. On CPU numpy's SIMD count is used: torch.count_nonzero is about 5x slower
+    on randomly half-zero weights (measured: 43 ms against 8 ms for 36 MiniLM FFN matrices)."""
+    t = t.detach()
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64, torch.float16, torch.int8, torch.uint8,
+                                              torch.int32, torch.int64, torch.bool):
+        return int(np.count_nonzero(t.numpy()))
+    return int(torch.count_nonzero(t))
+
+
 def describe(model: nn.Module) -> list[LayerStats]:
     """Per-layer shape, parameter count, non-zeros and bits (32 for float)."""
     out = []
     for rec in discover(model):
         w = effective_weight(rec.module, rec.param)
-        out.append(LayerStats(rec.name, rec.kind, tuple(w.shape), int(w.numel()), int(torch.count_nonzero(w)),
+        out.append(LayerStats(rec.name, rec.kind, tuple(w.shape), int(w.numel()), nonzero_count(w),
                               bits=32 if w.is_floating_point() else w.element_size() * 8, role=rec.role.value))
     return out
 

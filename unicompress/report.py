@@ -166,7 +166,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _ratio(before: float, after: float) -> str:
-    return f"{before / after:.2f}x smaller" if after and before != after else ("" if after else "")
+    """'2.00x smaller' when the quantity changed; blank when it did not (or after is zero)."""
+    return f"{before / after:.2f}x smaller" if after and before != after else ""
 
 
 def _mb(nbytes: float) -> str:

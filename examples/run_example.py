@@ -126,9 +126,10 @@ def prepare(recipe, build_missing: bool = True, progress: bool = True):
     if data is not None and data.num_labels:
         kwargs.setdefault("num_labels", data.num_labels)
     if recipe.model.weights:
-        path = resolve_path(recipe.model.weights)
-        if not path.exists() and build_missing and path.resolve() == finetune_minilm.DEFAULT_CHECKPOINT.resolve():
-            finetune_minilm.ensure_checkpoint(path, progress=progress)
+        path = resolve_path(recipe.model.weights_for(recipe.backend))
+        tuned_in = finetune_minilm.backend_of_checkpoint(path)
+        if not path.exists() and build_missing and tuned_in is not None:
+            finetune_minilm.ensure_checkpoint(path, progress=progress, backend=tuned_in)
         kwargs["weights"] = load_safetensors(path, prefix_fix=False)
     if recipe.model.zoo is None:
         raise SystemExit("run_example.py builds zoo models only; use `unicompress run` for factory models")

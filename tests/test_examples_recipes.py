@@ -29,7 +29,8 @@ def test_example_validates_and_starts_from_the_finetuned_minilm(path):
     recipe = uc.load_recipe(path)
     assert recipe.backend == "torch"
     assert recipe.model.zoo == "minilm-l6" and recipe.model.kwargs == {"num_labels": 5}
-    assert recipe.model.weights == "examples/.cache/minilm-l6-bbc-news.safetensors"
+    assert recipe.model.weights == "examples/.cache/minilm-l6-bbc-news-{backend}.safetensors"
+    assert recipe.model.weights_for("paddle") == "examples/.cache/minilm-l6-bbc-news-paddle.safetensors"
     assert recipe.data.dataset == "bbc-news" and recipe.data.kwargs["max_length"] == 128
     assert recipe.export.directory == f"examples/out/{path.stem}"
 

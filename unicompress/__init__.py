@@ -18,7 +18,8 @@ from .specs import (DistillationSpec, FineTuneSpec, LayerSelector, LowRankSpec, 
 __version__ = "0.1.0"
 
 _LAZY = {"compress": "api", "prune": "api", "quantize": "api", "distill": "api", "factorize": "api",
-         "export_onnx": "api", "CompressionResult": "api", "get_backend": "backend", "available_backends": "backend",
+         "export_onnx": "api", "save_weights": "api", "load_model": "api", "CompressionResult": "api",
+         "get_backend": "backend", "available_backends": "backend",
          "register": "backend", "TaskData": "backend"}
 
 

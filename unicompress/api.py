@@ -239,3 +239,28 @@ def export_onnx(model: Any, path: Union[str, Path], example: Inputs, *, backend:
     """Export any backend's model (compressed or not) to ONNX, atomically; returns the path."""
     adapter = resolve_backend(backend, model)
     return adapter.export_onnx(model, Path(path), example, opset)
+
+
+def save_weights(model: Any, path: Union[str, Path], *, zoo: str, backend: str = "auto") -> Path:
+    """Save a zoo-architecture model of any backend as a safetensors checkpoint (neutral names, atomic).
+
+    Example: ``uc.save_weights(keras_model, "minilm-bbc.safetensors", zoo="minilm-l6")``; the file loads
+    into any backend with `load_model`.
+    """
+    from .zoo.checkpoint import save_checkpoint
+
+    adapter = resolve_backend(backend, model)
+    return save_checkpoint(adapter.neutral_weights(model), path, zoo)
+
+
+def load_model(path: Union[str, Path], *, backend: str, zoo: str = "") -> Any:
+    """Build the zoo model a checkpoint describes on `backend` and load its weights.
+
+    Example: ``paddle_model = uc.load_model("minilm-bbc.safetensors", backend="paddle")``.
+    """
+    from .backend.registry import get_backend
+    from .zoo.checkpoint import read_checkpoint
+
+    checkpoint = read_checkpoint(path, zoo)
+    return get_backend(backend).build_model(checkpoint.zoo, num_labels=checkpoint.config.num_labels,
+                                            weights=checkpoint.weights)

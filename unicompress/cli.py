@@ -235,7 +235,7 @@ def _run(args: argparse.Namespace) -> int:
     if recipe.model.weights:
         from .zoo.bert import load_safetensors
 
-        kwargs["weights"] = load_safetensors(recipe.model.weights, prefix_fix=False)
+        kwargs["weights"] = load_safetensors(recipe.model.weights_for(name), prefix_fix=False)
     if recipe.model.zoo:
         model = adapter.build_model(recipe.model.zoo, **kwargs)
     else:

@@ -125,6 +125,11 @@ class Adapter(abc.ABC):
     def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
         """Write float weights (neutral layout) into the model's layers of those names."""
 
+    def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
+        """Every float weight of a zoo-architecture model (`build_model`) under the zoo's neutral names and
+        layouts (``unicompress.zoo.bert`` / ``zoo.vit``): the inverse of ``build_model(..., weights=)``."""
+        raise NotImplementedError(f"{self.name} cannot read a model's weights in the neutral layout yet")
+
     def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
         """The integer weights and their parameters of every quantized layer."""
         return {}

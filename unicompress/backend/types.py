@@ -116,13 +116,24 @@ class TaskData:
     task: str = "classification"
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def endless_train(self) -> Iterator[tuple[Inputs, np.ndarray]]:
+    def endless_train(self, batch_size: Optional[int] = None) -> Iterator[tuple[Inputs, np.ndarray]]:
         """(inputs, labels) training batches forever, restarting `train()` when it runs out.
 
-        Example: ``for step, (x, y) in zip(range(spec.steps), data.endless_train()): ...``
+        With `batch_size` (a stage's ``training.batch_size``) the rows are re-batched so every batch
+        holds exactly that many examples, whatever size `train()` yields; rows are taken in order and
+        a remainder carries over into the next pass. Without it, `train()`'s batches pass through.
+
+        Example: ``for step, (x, y) in zip(range(spec.steps), data.endless_train(spec.batch_size)): ...``
         """
         if self.train is None:
             raise ValueError("this stage trains the model: give TaskData with train batches (TaskData.train)")
+        stream = self._endless_source()
+        if batch_size is None:
+            yield from stream
+        else:
+            yield from rebatch(stream, batch_size)
+
+    def _endless_source(self) -> Iterator[tuple[Inputs, np.ndarray]]:
         while True:
             empty = True
             for x, y in self.train():
@@ -140,6 +151,50 @@ class TaskData:
             if len(out) >= limit:
                 break
         return out
+
+
+def rebatch(stream: Iterable[tuple[Inputs, np.ndarray]], batch_size: int) -> Iterator[tuple[Inputs, np.ndarray]]:
+    """Re-cut a stream of (inputs, labels) batches into batches of exactly `batch_size` rows.
+
+    Batches that already have the size pass through untouched (no copy). Rows must agree on every
+    axis but the first, as they do when the loader pads to a fixed length.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    parts: list[tuple[Inputs, np.ndarray]] = []
+    held = 0
+    for x, y in stream:
+        n = batch_size_of(x)
+        if not parts and n == batch_size:
+            yield x, y
+            continue
+        parts.append((x, np.asarray(y)))
+        held += n
+        while held >= batch_size:
+            x_all = _concat([p[0] for p in parts])
+            y_all = np.concatenate([p[1] for p in parts])
+            yield _rows(x_all, 0, batch_size), y_all[:batch_size]
+            held -= batch_size
+            parts = [(_rows(x_all, batch_size, None), y_all[batch_size:])] if held else []
+
+
+def _concat(inputs: Sequence[Inputs]) -> Inputs:
+    if len(inputs) == 1:
+        return inputs[0]
+    try:
+        if isinstance(inputs[0], dict):
+            return {k: np.concatenate([x[k] for x in inputs]) for k in inputs[0]}
+        return np.concatenate(list(inputs))
+    except ValueError as err:
+        raise ValueError("training.batch_size differs from the size of the batches TaskData.train yields, and "
+                         f"those batches cannot be joined ({err}); pad every batch to one length or give "
+                         "batches of training.batch_size rows") from None
+
+
+def _rows(inputs: Inputs, start: int, stop: Optional[int]) -> Inputs:
+    if isinstance(inputs, dict):
+        return {k: v[start:stop] for k, v in inputs.items()}
+    return inputs[start:stop]
 
 
 def batch_size_of(inputs: Inputs) -> int:

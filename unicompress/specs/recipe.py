@@ -34,14 +34,23 @@ class ModelSource(SpecModel):
 
     zoo: Optional[str] = None
     factory: Optional[str] = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-    weights: Optional[str] = Field(None, description="safetensors file to load after building")
+    weights: Optional[str] = Field(None, description="safetensors file to load after building; `{backend}` in "
+                                   "the path is replaced by the backend's name (a checkpoint per framework)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one(self) -> "ModelSource":
         if (self.zoo is None) == (self.factory is None):
             raise ValueError("give exactly one of zoo or factory")
+        if self.weights is not None:
+            leftover = self.weights.replace("{backend}", "")
+            if "{" in leftover or "}" in leftover:
+                raise ValueError(f"weights {self.weights!r}: the only placeholder allowed is {{backend}}")
         return self
+
+    def weights_for(self, backend: str) -> Optional[str]:
+        """The weights path for one backend (``{backend}`` filled in). Example: ``weights_for("paddle")``."""
+        return self.weights.replace("{backend}", backend) if self.weights is not None else None
 
 
 class DataSource(SpecModel):

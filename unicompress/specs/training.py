@@ -29,7 +29,8 @@ class TrainingSpec(SpecModel):
     weight_decay: float = Field(0.0, ge=0, le=1)
     warmup_steps: int = Field(0, ge=0)
     optimizer: Optimizer = Optimizer.adamw
-    batch_size: int = Field(16, ge=1, le=65536)
+    batch_size: int = Field(16, ge=1, le=65536, description="examples per optimizer step (the global batch under "
+                            "data_parallel); the training data is re-batched to this size")
     seed: int = Field(0, ge=0)
     distributed: DistributedStrategy = DistributedStrategy.none
     log_every: Optional[int] = Field(None, ge=1, description="record the loss every N steps")

@@ -77,5 +77,8 @@ class PaddleAdapter(Adapter):
     def export_native(self, model: Any, directory: Path) -> Path:
         return self._fw("export").export_native(model, Path(directory))
 
+    def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
+        return self._fw("models").neutral_weights(model)
+
     def build_model(self, zoo: str, **kwargs: Any) -> Any:
         return self._fw("models").build_model(zoo, **kwargs)

@@ -43,11 +43,11 @@ def apply_masks(model: Any) -> None:
             layer.weight.set_value(layer.weight.numpy() * k.astype(np.float32))
 
 
-def batches(data: TaskData) -> Iterator[tuple[Any, np.ndarray]]:
+def batches(data: TaskData, batch_size: Optional[int] = None) -> Iterator[tuple[Any, np.ndarray]]:
     """Training batches forever (the core's `TaskData.endless_train`)."""
     if data is None:
         raise ValueError("this stage trains the model: give TaskData with train batches")
-    return data.endless_train()
+    return data.endless_train(batch_size)
 
 
 def make_optimizer(model: Any, spec: TrainingSpec, parameters=None):
@@ -75,7 +75,7 @@ def train(model: Any, data: TaskData, spec: TrainingSpec, ctx: StageContext,
     model.train()
     every = spec.log_every or 1
     with ctx.bar("train", spec.steps) as bar:
-        for step, (x, y) in zip(range(spec.steps), batches(data)):
+        for step, (x, y) in zip(range(spec.steps), batches(data, spec.batch_size)):
             if on_step is not None:
                 on_step(step)
             tensors = to_tensors(x, names)

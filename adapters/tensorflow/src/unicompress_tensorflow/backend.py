@@ -108,6 +108,9 @@ class TensorFlowAdapter(Adapter):
         return self._mod("export").export_native(model, Path(directory))
 
     # ---- zoo -----------------------------------------------------------------------------------
+    def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
+        return self._mod("models").neutral_weights(model)
+
     def build_model(self, zoo: str, **kwargs: Any) -> Any:
         return self._mod("models").build_model(zoo, **kwargs)
 

@@ -237,6 +237,25 @@ def load_neutral(model: keras.Model, weights: dict[str, np.ndarray]) -> None:
         raise KeyError(f"weights not used by the model: {sorted(missing)[:5]}")
 
 
+def neutral_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    """Every weight of a zoo model under its neutral name and layout (the inverse of `load_neutral`)."""
+    out: dict[str, np.ndarray] = {}
+    for layer in model.layers:
+        name, values = layer.name, [np.asarray(v, dtype=np.float32) for v in layer.get_weights()]
+        if isinstance(layer, keras.layers.Dense):
+            out[f"{name}.weight"], out[f"{name}.bias"] = values[0].T.copy(), values[1]
+        elif isinstance(layer, keras.layers.LayerNormalization):
+            out[f"{name}.weight"], out[f"{name}.bias"] = values
+        elif isinstance(layer, keras.layers.Embedding):
+            out[f"{name}.weight"] = values[0]
+        elif isinstance(layer, ClsAndPositions):
+            out[f"{name}.cls_token"], out[f"{name}.position_embeddings"] = values
+        elif values:
+            raise TypeError(f"layer {name!r} ({type(layer).__name__}) holds weights but is no zoo layer: "
+                            "neutral weights exist for the uncompressed zoo architecture only")
+    return out
+
+
 def build_model(zoo_name: str, seed: int = 0, num_labels: Optional[int] = None,
                 weights: Optional[dict[str, np.ndarray]] = None) -> keras.Model:
     """Build a zoo model ("tiny-bert", "tiny-vit", "minilm-l6") with the neutral weights loaded.

@@ -48,11 +48,11 @@ class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup": self.warmup}
 
 
-def batches(data: TaskData) -> Iterator[tuple[Any, np.ndarray]]:
+def batches(data: TaskData, batch_size: Optional[int] = None) -> Iterator[tuple[Any, np.ndarray]]:
     """Endless (inputs, labels) batches (the core's `TaskData.endless_train`)."""
     if data is None:
         raise ValueError("this stage trains: give data with train batches (TaskData.train)")
-    return data.endless_train()
+    return data.endless_train(batch_size)
 
 
 def task_loss(model: Any, inputs: Any, labels: tf.Tensor) -> tf.Tensor:
@@ -72,7 +72,7 @@ def train(model: Any, data: TaskData, spec: TrainingSpec, ctx: StageContext, *,
     optimizer = make_optimizer(spec)
     every = spec.log_every or 1
     losses = []
-    stream = batches(data)
+    stream = batches(data, spec.batch_size)
     with ctx.bar(description, spec.steps) as bar:
         for step in range(1, spec.steps + 1):
             x, y = next(stream)

@@ -129,5 +129,8 @@ class TorchAdapter(Adapter):
         return self._mod("export").export_native(model, directory)
 
     # ---- zoo -------------------------------------------------------------------------------------
+    def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
+        return self._mod("models").neutral_weights(model)
+
     def build_model(self, zoo: str, **kwargs: Any) -> Any:
         return self._mod("models").build_model(zoo, **kwargs)

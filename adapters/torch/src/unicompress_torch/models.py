@@ -176,3 +176,10 @@ def build_model(name: str, seed: int = 0, num_labels: Optional[int] = None,
 def zoo_config(model: nn.Module) -> Any:
     """The model's config (HF config or ViTConfig), or None for other modules."""
     return getattr(model, "config", None)
+
+
+def neutral_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    """Every float tensor of the state dict under its (already neutral, HF-style) name, as numpy float32;
+    buffers that are not weights (e.g. position ids) are left out."""
+    return {name: value.detach().cpu().numpy().astype(np.float32) for name, value in model.state_dict().items()
+            if value.is_floating_point()}

@@ -102,11 +102,13 @@ def cross_entropy_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels
     return F.cross_entropy(forward_logits(model, inputs), labels)
 
 
-def batches_forever(data: TaskData) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """(inputs, labels) tensors from the core's endless `TaskData.endless_train()`."""
+def batches_forever(data: TaskData, batch_size: Optional[int] = None
+                    ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """(inputs, labels) tensors from the core's endless `TaskData.endless_train()`, `batch_size` rows each
+    when given (a stage's ``training.batch_size``)."""
     if data is None:
         raise ValueError("this stage trains the model: pass TaskData with a `train` source")
-    for x, y in data.endless_train():
+    for x, y in data.endless_train(batch_size):
         yield to_torch_inputs(x), torch.as_tensor(np.asarray(y, dtype=np.int64))
 
 
@@ -193,7 +195,7 @@ def train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: Op
     optimizer = make_optimizer(params, training)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, training.warmup_steps))
     every = training.log_every or 1
-    batches = batches_forever(data)
+    batches = batches_forever(data, training.batch_size)
     model.train()
     quiet = dp is not None and not dp.is_main  # one progress bar, on rank 0
     try:

@@ -1,0 +1,81 @@
+"""Zoo checkpoints in safetensors: neutral weights plus the zoo name and config in the metadata.
+
+One file format for every backend: the HF-style names and layouts of `zoo.bert` / `zoo.vit`, so a
+model fine-tuned in TensorFlow loads into torch or Paddle unchanged. No pickle is involved: the
+metadata is JSON and the tensors are raw arrays.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from . import bert, vit
+
+#: metadata keys of a unicompress checkpoint
+ZOO_KEY = "unicompress_zoo"
+CONFIG_KEY = "unicompress_config"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint file holds: the zoo architecture, its config and the neutral weights."""
+
+    zoo: str
+    config: Any
+    weights: dict[str, np.ndarray]
+
+
+def _shapes(zoo_name: str, config: Any) -> dict[str, tuple[int, ...]]:
+    return (vit if zoo_name == "tiny-vit" else bert).weight_shapes(config)
+
+
+def config_from_weights(zoo_name: str, weights: dict[str, np.ndarray]) -> Any:
+    """The zoo config with `num_labels` read off the classifier, after checking every name and shape."""
+    from . import config_for
+
+    head = weights.get("classifier.weight")
+    if head is None:
+        raise ValueError(f"weights of {zoo_name!r} lack classifier.weight: not a zoo model")
+    config = config_for(zoo_name, int(head.shape[0]))
+    expected = _shapes(zoo_name, config)
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(weights) if tuple(weights[k].shape) != tuple(expected[k]))
+    if missing or extra or wrong:
+        detail = "; ".join(f"{label}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+                           for label, names in (("missing", missing), ("unexpected", extra),
+                                                ("wrong shape", wrong)) if names)
+        raise ValueError(f"the model does not have the {zoo_name!r} architecture ({detail}); a zoo checkpoint "
+                         "holds uncompressed-architecture weights: use the backend's export_native for models "
+                         "whose shapes changed (pruned heads, fewer layers)")
+    return config
+
+
+def save_checkpoint(weights: dict[str, np.ndarray], path: Union[str, Path], zoo_name: str) -> Path:
+    """Write neutral weights of a zoo model as safetensors, atomically; returns the path."""
+    from safetensors.numpy import save
+
+    from ..fileio import atomic_write_bytes
+
+    config = config_from_weights(zoo_name, weights)
+    data = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
+                metadata={ZOO_KEY: zoo_name, CONFIG_KEY: json.dumps(config.to_dict())})
+    return atomic_write_bytes(Path(path), data)
+
+
+def read_checkpoint(path: Union[str, Path], zoo_name: str = "") -> Checkpoint:
+    """Read a checkpoint written by `save_checkpoint` (or `bert.save_safetensors`, naming `zoo_name`)."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata() or {}
+    name = metadata.get(ZOO_KEY) or zoo_name
+    if not name:
+        raise ValueError(f"{path} names no zoo architecture in its metadata ({ZOO_KEY}); pass zoo_name")
+    weights = {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
+    return Checkpoint(name, config_from_weights(name, weights), weights)

@@ -11,7 +11,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from unicompress.backend.types import AttentionInfo, FFNInfo, LayerInfo, LayerStats, TransformerStructure
+from unicompress.backend.types import (AttentionInfo, FFNInfo, LayerInfo, LayerStats, TransformerStructure,
+                                     count_nonzero)
 from unicompress.specs.selector import LayerRole
 
 from .compat import paddle
@@ -123,7 +124,7 @@ def describe(model: Any) -> list[LayerStats]:
     stats = []
     for info, (name, layer) in zip(layer_infos(model), compressible(model).items()):
         w = layer.weight.numpy()
-        stats.append(LayerStats(name, info.kind, info.shape, int(w.size), int(np.count_nonzero(w)),
+        stats.append(LayerStats(name, info.kind, info.shape, int(w.size), count_nonzero(w),
                                 layer_bits(layer), info.role.value))
     return stats
 

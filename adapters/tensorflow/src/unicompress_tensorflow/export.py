@@ -128,6 +128,50 @@ def weights_as_qdq(proto: onnx.ModelProto, qweights: dict) -> int:
     return done
 
 
+def dequantize_next_to_matmul(proto: onnx.ModelProto) -> int:
+    """Q -> DQ -> Reshape -> MatMul  =>  Q -> Reshape -> DQ -> MatMul; returns how many were moved.
+
+    Keras' Dense on a [batch, seq, hidden] input is `tf.tensordot`, which tf2onnx writes as
+    Reshape -> MatMul -> Reshape; the activation fake-quant sits before the Reshape. ONNX Runtime only
+    fuses DQ -> MatMul <- DQ into an integer MatMul when both DequantizeLinear feed the MatMul directly,
+    so the (per-tensor) DequantizeLinear moves after the Reshape, which then reshapes the integers.
+    """
+    from onnx import helper
+
+    g = proto.graph
+    producer = {o: n for n in g.node for o in n.output}
+    consts = {t.name for t in g.initializer}
+    moved = 0
+    for matmul in [n for n in g.node if n.op_type == "MatMul"]:
+        reshape = producer.get(matmul.input[0])
+        if reshape is None or reshape.op_type != "Reshape":
+            continue
+        dq = producer.get(reshape.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in consts or \
+                any(a.name == "axis" for a in dq.attribute) and _is_per_axis(g, dq):
+            continue
+        integers = f"{reshape.output[0]}_quantized"
+        new_dq = helper.make_node("DequantizeLinear", [integers, *dq.input[1:]], [reshape.output[0]],
+                                  name=f"{reshape.name}/DequantizeLinear")
+        reshape.input[0], reshape.output[0] = dq.input[0], integers
+        nodes = list(g.node)
+        nodes.insert(nodes.index(reshape) + 1, new_dq)
+        del g.node[:]
+        g.node.extend(nodes)
+        producer[integers], producer[new_dq.output[0]] = reshape, new_dq
+        moved += 1
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    dead = [n for n in g.node if n.op_type == "DequantizeLinear" and not set(n.output) & used]
+    for n in dead:
+        g.node.remove(n)
+    return moved
+
+
+def _is_per_axis(graph: onnx.GraphProto, dq: onnx.NodeProto) -> bool:
+    scale = next((t for t in graph.initializer if t.name == dq.input[1]), None)
+    return scale is None or len(scale.dims) > 0 and int(np.prod(scale.dims)) > 1
+
+
 def tflite_to_onnx(flatbuffer: bytes, opset: int = 17) -> onnx.ModelProto:
     """tf2onnx.convert.from_tflite: TFLite int8 tensors become QuantizeLinear/DequantizeLinear (QDQ)."""
     import tempfile
@@ -157,7 +201,8 @@ def export_onnx(model: Any, path: Path, example: Inputs, opset: int = 17) -> Pat
         proto = tflite_to_onnx(model.flatbuffer, opset)
     else:
         proto = keras_to_onnx(model, opset)
-        weights_as_qdq(proto, quantized_weights(model))
+        if weights_as_qdq(proto, quantized_weights(model)):
+            dequantize_next_to_matmul(proto)
     onnx.checker.check_model(proto)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))

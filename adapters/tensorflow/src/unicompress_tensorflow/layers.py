@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from unicompress.backend.types import (AttentionInfo, FFNInfo, Inputs, LayerInfo, LayerStats,  # noqa: E402
-                                       TransformerStructure)
+                                       TransformerStructure, count_nonzero)
 from unicompress.specs.selector import LayerRole  # noqa: E402
 
 from .models import FactorizedDense, ScaledDotProductAttention, custom_objects  # noqa: E402
@@ -239,5 +239,5 @@ def describe(model: Any, bits: Optional[dict[str, int]] = None) -> list[LayerSta
     bits = bits or {}
     infos = layer_infos(model)
     weights = get_weights(model, [i.name for i in infos])
-    return [LayerStats(i.name, i.kind, i.shape, int(weights[i.name].size), int(np.count_nonzero(weights[i.name])),
+    return [LayerStats(i.name, i.kind, i.shape, int(weights[i.name].size), count_nonzero(weights[i.name]),
                        bits.get(i.name, 32), i.role.value) for i in infos]

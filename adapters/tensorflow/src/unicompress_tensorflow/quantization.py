@@ -33,6 +33,13 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.d
     Default8BitQuantizeScheme  # noqa: E402
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_registry import \
     QuantizeRegistry  # noqa: E402
+from tensorflow_model_optimization.python.core.quantization.keras import \
+    quantize_layout_transform  # noqa: E402
+from tensorflow_model_optimization.python.core.quantization.keras import utils as tfmot_utils  # noqa: E402
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import \
+    QuantizeLayer  # noqa: E402
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import \
+    model_transformer, transforms  # noqa: E402
 from unicompress.backend.adapter import StageContext  # noqa: E402
 from unicompress.backend.types import Inputs, LayerStats, QuantizedTensor, TaskData  # noqa: E402
 from unicompress.errors import UnicompressError  # noqa: E402
@@ -218,6 +225,57 @@ class WeightOnlyScheme(Default8BitQuantizeScheme):
         return _AnnotatedOnlyRegistry()
 
 
+INPUT_QUANTIZER_SUFFIX = ".input_quantizer"
+
+
+class DenseInputQuantize(transforms.Transform):
+    """TFMOT layout transform: Dense => QuantizeLayer(AllValuesQuantizer) -> Dense.
+
+    Static PTQ quantizes the INPUT of each selected Dense (what the integer MatMul consumes), and
+    nothing else: TFMOT's own mechanism (`requires_output_quantize`) would fake-quantize the producer's
+    output instead, which also feeds the residual adds and the unselected layers. The ModelTransformer
+    only offers the annotated (selected) layers as candidates, so only those get a QuantizeLayer.
+    """
+
+    def __init__(self, bits: int, symmetric: bool):
+        self.bits, self.symmetric = int(bits), bool(symmetric)
+
+    def pattern(self):
+        return transforms.LayerPattern("Dense")
+
+    def replacement(self, match_layer):
+        name = match_layer.layer["config"]["name"] + INPUT_QUANTIZER_SUFFIX
+        quant = QuantizeLayer(activation_quantizer(self.bits, self.symmetric, calibrate=True), name=name)
+        config = tfmot_utils.serialize_layer(quant, use_legacy_format=True)
+        config["name"] = name
+        return transforms.LayerNode(match_layer.layer, weights=match_layer.weights,
+                                    input_layers=[transforms.LayerNode(config)], metadata=match_layer.metadata,
+                                    names_and_weights=match_layer.names_and_weights)
+
+    def custom_objects(self):
+        return {"QuantizeLayer": QuantizeLayer, "AllValuesQuantizer": tfq.quantizers.AllValuesQuantizer}
+
+
+class _InputQuantizeLayout(quantize_layout_transform.QuantizeLayoutTransform):
+    def __init__(self, bits: int, symmetric: bool):
+        self.bits, self.symmetric = bits, symmetric
+
+    def apply(self, model, layer_quantize_map):
+        return model_transformer.ModelTransformer(model, [DenseInputQuantize(self.bits, self.symmetric)],
+                                                  set(layer_quantize_map.keys()), layer_quantize_map).transform()
+
+
+class StaticScheme(WeightOnlyScheme):
+    """quantize_apply for static PTQ: the annotated Dense layers' weights (their QuantizeConfigs) and a
+    calibrating QuantizeLayer on each one's input; no other tensor is touched."""
+
+    def __init__(self, activation_bits: int, activation_symmetric: bool):
+        self.activation_bits, self.activation_symmetric = activation_bits, activation_symmetric
+
+    def get_layout_transformer(self):
+        return _InputQuantizeLayout(self.activation_bits, self.activation_symmetric)
+
+
 def quantize_scope():
     """The scope quantize_apply needs to clone our configs and custom layers."""
     return tfq.quantize_scope({**custom_objects(), "DenseQuantizeConfig": DenseQuantizeConfig,
@@ -237,18 +295,22 @@ def annotate_and_apply(model: keras.Model, spec: QuantizationSpec) -> keras.Mode
     def clone(layer):
         s = settings.get(layer.name)
         if s is not None:
+            # static: the activation quantizer sits on the Dense input (StaticScheme), not on its output
             cfg = DenseQuantizeConfig(s.bits, s.per_channel, s.symmetric, spec.narrow_range,
-                                      spec.activation_bits if (qat or static) else None, act_sym,
-                                      spec.mapping.value, spec.log_base, calibrate=static)
+                                      spec.activation_bits if qat else None, act_sym,
+                                      spec.mapping.value, spec.log_base)
             return tfq.quantize_annotate_layer(layer, quantize_config=cfg)
-        if (qat or static) and isinstance(layer, keras.layers.LayerNormalization):
-            return tfq.quantize_annotate_layer(layer, OutputQuantizeConfig(spec.activation_bits, act_sym, static))
+        if qat and isinstance(layer, keras.layers.LayerNormalization):
+            return tfq.quantize_annotate_layer(layer, OutputQuantizeConfig(spec.activation_bits, act_sym))
         return layer
 
+    # qat: TFMOT's default scheme (its registry quantizes the inputs of annotated layers with EMA ranges);
+    # static: min/max-calibrated QuantizeLayers on the selected Dense inputs only; weight_only: no activation
+    scheme = Default8BitQuantizeScheme() if qat else \
+        StaticScheme(spec.activation_bits, act_sym) if static else WeightOnlyScheme()
     with quantize_scope():
         annotated = keras.models.clone_model(model, clone_function=clone)
-        # static: no registry either, its default quantizers would track EMA ranges instead of min/max
-        quantized = tfq.quantize_apply(annotated, scheme=Default8BitQuantizeScheme() if qat else WeightOnlyScheme())
+        quantized = tfq.quantize_apply(annotated, scheme=scheme)
     sync_weight_ranges(quantized)
     return quantized
 
@@ -422,7 +484,7 @@ def apply_quantization(model: Any, spec: QuantizationSpec, data: Optional[TaskDa
     if not L.is_graph_model(model):
         raise QuantizationNotSupportedError("TFMOT and the TFLite converter path need a functional or Sequential "
                                             "tf_keras model")
-    if spec.mode is QuantMode.dynamic or (spec.mode is QuantMode.static and not tflite_problems(spec)):
+    if spec.mode is QuantMode.dynamic:
         _check_tflite(spec)
         return tflite_quantize(model, spec, data)
     if spec.mode is QuantMode.static:

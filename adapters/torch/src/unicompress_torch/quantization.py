@@ -44,7 +44,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from torch.nn.utils import parametrize
 
 from unicompress.backend.adapter import StageContext
-from unicompress.backend.types import Inputs, LayerStats, QuantizedTensor, TaskData
+from unicompress.backend.types import Inputs, LayerStats, QuantizedTensor, TaskData, count_nonzero
 from unicompress.fileio import atomic_path
 from unicompress.specs import (CalibrationMethod, Mapping, QuantGranularity, QuantizationSpec, QuantMode,
                                Scheme)
@@ -757,7 +757,7 @@ def describe(model: nn.Module) -> list[LayerStats]:
     for row in rows:
         if row.name in qw:
             row.bits = qw[row.name].bits
-            row.nonzero = int(np.count_nonzero(qw[row.name].dequantize()))
+            row.nonzero = count_nonzero(qw[row.name].dequantize())
     return rows
 
 

@@ -1,4 +1,4 @@
-"""TaskData re-batches training rows to the stage's training.batch_size."""
+"""Neutral data helpers: TaskData re-batching to training.batch_size, layer-name lookup."""
 import itertools
 
 import numpy as np
@@ -61,3 +61,13 @@ def test_bad_batch_size_and_empty_data_are_refused():
         next(rebatch(iter(_source([2])), 0))
     with pytest.raises(ValueError, match="yielded no batches"):
         next(TaskData(train=lambda: iter(()), num_labels=2).endless_train(4))
+
+
+def test_known_names_defaults_to_all_and_names_the_unknown_one():
+    from unicompress.backend.types import known_names
+
+    layers = {f"layer.{i}": i for i in range(10)}
+    assert known_names(layers) == list(layers)
+    assert known_names(layers, ["layer.3", "layer.1"]) == ["layer.3", "layer.1"]
+    with pytest.raises(KeyError, match=r"no layer named 'layr.2'; known: layer.0, .*layer.7 \.\.\."):
+        known_names(layers, ["layer.1", "layr.2"])

@@ -197,6 +197,22 @@ def _rows(inputs: Inputs, start: int, stop: Optional[int]) -> Inputs:
     return inputs[start:stop]
 
 
+def known_names(available: Iterable[str], names: Optional[Iterable[str]] = None) -> list[str]:
+    """`names` (default: all of `available`), after checking each is available.
+
+    The adapters' ``weights()``/``set_weights()`` look layers up through this, so an unknown name
+    fails the same way on every backend: a KeyError naming it and the first known names.
+    """
+    known = list(available)
+    wanted = known if names is None else list(names)
+    lookup = set(known)
+    missing = [n for n in wanted if n not in lookup]
+    if missing:
+        raise KeyError(f"no layer named {missing[0]!r}; known: {', '.join(known[:8])}"
+                       f"{' ...' if len(known) > 8 else ''}")
+    return wanted
+
+
 def count_nonzero(values: np.ndarray) -> int:
     """Non-zero entries of an array (-0.0 counts as zero, NaN as non-zero).
 

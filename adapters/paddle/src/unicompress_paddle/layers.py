@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from unicompress.backend.types import (AttentionInfo, FFNInfo, LayerInfo, LayerStats, TransformerStructure,
-                                     count_nonzero)
+                                     count_nonzero, known_names)
 from unicompress.specs.selector import LayerRole
 
 from .compat import paddle
@@ -82,19 +82,13 @@ def set_weight(layer: Any, value: np.ndarray) -> None:
 
 def weights(model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
     layers = compressible(model)
-    names = list(layers) if names is None else list(names)
-    missing = [n for n in names if n not in layers]
-    if missing:
-        raise KeyError(f"no layer named {missing[0]!r}; known: {', '.join(list(layers)[:8])} ...")
-    return {n: get_weight(layers[n]) for n in names}
+    return {n: get_weight(layers[n]) for n in known_names(layers, names)}
 
 
 def set_weights(model: Any, values: dict[str, np.ndarray]) -> None:
     layers = compressible(model)
-    for name, value in values.items():
-        if name not in layers:
-            raise KeyError(f"no layer named {name!r}")
-        set_weight(layers[name], value)
+    for name in known_names(layers, values):
+        set_weight(layers[name], values[name])
 
 
 def structure(model: Any) -> Optional[TransformerStructure]:

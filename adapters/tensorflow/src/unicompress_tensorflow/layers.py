@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from unicompress.backend.types import (AttentionInfo, FFNInfo, Inputs, LayerInfo, LayerStats,  # noqa: E402
-                                       TransformerStructure, count_nonzero)
+                                       TransformerStructure, count_nonzero, known_names)
 from unicompress.specs.selector import LayerRole  # noqa: E402
 
 from .models import FactorizedDense, ScaledDotProductAttention, custom_objects  # noqa: E402
@@ -152,21 +152,16 @@ def layer_infos(model: Any) -> list[LayerInfo]:
 def get_weights(model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
     """Float weights in neutral [out, in] layout."""
     layers = named_layers(model)
-    wanted = list(layers) if names is None else list(names)
-    missing = [n for n in wanted if n not in layers]
-    if missing:
-        raise KeyError(f"no layer named {missing[0]!r}; known: {', '.join(list(layers)[:8])}...")
-    return {n: _kernel_to_neutral(layers[n], _kernel_var(layers[n]).numpy()).astype(np.float32) for n in wanted}
+    return {n: _kernel_to_neutral(layers[n], _kernel_var(layers[n]).numpy()).astype(np.float32)
+            for n in known_names(layers, names)}
 
 
 def set_weights(model: Any, weights: dict[str, np.ndarray]) -> None:
     """Write neutral-layout float weights into the kernels of the named layers."""
     layers = named_layers(model)
-    for name, w in weights.items():
-        if name not in layers:
-            raise KeyError(f"no layer named {name!r}")
+    for name in known_names(layers, weights):
         var = _kernel_var(layers[name])
-        var.assign(_kernel_from_neutral(layers[name], np.asarray(w, np.float32), var.numpy()))
+        var.assign(_kernel_from_neutral(layers[name], np.asarray(weights[name], np.float32), var.numpy()))
 
 
 def bias_var(layer: Any) -> Optional[tf.Variable]:

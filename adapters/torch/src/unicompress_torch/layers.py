@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from unicompress.backend.types import (AttentionInfo, FFNInfo, LayerInfo, LayerStats, TransformerStructure,
-                                     count_nonzero)
+                                     count_nonzero, known_names)
 from unicompress.specs.selector import LayerRole, LayerSelector
 
 
@@ -129,20 +129,15 @@ def effective_weight(module: nn.Module, param: str = "weight") -> torch.Tensor:
 def weights(model: nn.Module, names: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
     """Float32 weights of the named layers (default: all) in the neutral [out, in] layout."""
     records = by_name(model)
-    names = list(records) if names is None else list(names)
-    missing = [n for n in names if n not in records]
-    if missing:
-        raise KeyError(f"no layer named {missing[0]!r}; known: {', '.join(list(records)[:8])} ...")
-    return {n: effective_weight(records[n].module, records[n].param).float().cpu().numpy().copy() for n in names}
+    return {n: effective_weight(records[n].module, records[n].param).float().cpu().numpy().copy()
+            for n in known_names(records, names)}
 
 
 def set_weights(model: nn.Module, values: dict[str, np.ndarray]) -> None:
     """Write neutral-layout float weights into the layers of those names (respecting prune masks)."""
     records = by_name(model)
-    for name, value in values.items():
-        if name not in records:
-            raise KeyError(f"no layer named {name!r}")
-        rec = records[name]
+    for name in known_names(records, values):
+        value, rec = values[name], records[name]
         target = getattr(rec.module, rec.param + "_orig", None)
         if target is None:
             target = getattr(rec.module, rec.param)

@@ -11,7 +11,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -33,12 +33,19 @@ def onnx_latency_ms(path: Union[str, Path], inputs: Inputs, batch: int, threads:
 
     Example: ``onnx_latency_ms("m.onnx", test_batch, batch=32, threads=2, runs=7)``.
     """
-    from unicompress.bench import measure_latency
+    return onnx_latencies_ms([path], inputs, batch, threads, runs)[0]
+
+
+def onnx_latencies_ms(paths: Sequence[Union[str, Path]], inputs: Inputs, batch: int, threads: int = 2,
+                      runs: int = 7) -> list[float]:
+    """Median ORT latencies of several files on the same `batch` examples, timed in turn run by run
+    (`unicompress.bench.measure_latencies`) so the ratios between them are steady under load."""
+    from unicompress.bench import measure_latencies
 
     feeds = slice_batch(inputs, batch)
     first = next(iter(feeds.values())) if isinstance(feeds, Mapping) else feeds
     length = int(first.shape[1]) if first.ndim > 1 else 1
-    return measure_latency(path, batch, length, threads, runs, inputs=feeds).median_ms
+    return [lat.median_ms for lat in measure_latencies(paths, batch, length, threads, runs, inputs=feeds)]
 
 
 def onnx_accuracy(path: Union[str, Path], batches: Iterable[tuple[Inputs, np.ndarray]], threads: int = 2) -> float:

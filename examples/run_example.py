@@ -155,15 +155,16 @@ def first_inputs(data, n: int = 32):
 def onnx_rows(paths: dict[str, Path], example, data, runs: int, threads: int = 2) -> dict[str, dict]:
     """Per exported file: size, test accuracy in ONNX Runtime and latency at batch 1 and 32.
 
-    Latencies are taken batch size by batch size, alternating the files, so that load on a shared
-    machine hits every side of a ratio alike.
+    Latencies are taken batch size by batch size, the files timed in turn run by run, so that load on
+    a shared machine hits every side of a ratio alike.
     """
     rows = {key: {"onnx": str(path), "onnx_mb": measure.file_mb(path),
                   "onnx_accuracy": measure.onnx_accuracy(path, data.evaluation(), threads)}
             for key, path in paths.items()}
     for batch in (1, 32):
-        for key, path in paths.items():
-            rows[key][f"latency_b{batch}_ms"] = measure.onnx_latency_ms(path, example, batch, threads, runs)
+        times = measure.onnx_latencies_ms(list(paths.values()), example, batch, threads, runs)
+        for key, ms in zip(paths, times):
+            rows[key][f"latency_b{batch}_ms"] = ms
     return rows
 
 

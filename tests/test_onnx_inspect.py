@@ -105,3 +105,17 @@ def test_check_model_rejects_a_broken_graph(tmp_path):
     m = _model([helper.make_node("MatMul", ["x", "missing"], ["logits"])], {})
     with pytest.raises(onnx.checker.ValidationError):
         check_model(m)
+
+
+def test_latencies_of_several_files_are_timed_in_turn(tmp_path):
+    from unicompress.bench import compare_latency, measure_latencies
+
+    small = _save(_model([helper.make_node("MatMul", ["x", "w"], ["logits"])], {"w": np.ones((8, 4), np.float32)}),
+                  tmp_path, "small.onnx")
+    wide = _save(_model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("MatMul", ["h", "v"], ["logits"])],
+                        {"w": np.ones((8, 512), np.float32), "v": np.ones((512, 4), np.float32)}), tmp_path, "wide.onnx")
+    a, b = measure_latencies([small, wide], batch=64, runs=5, threads=1)
+    assert (a.path, b.path) == (str(small), str(wide)) and a.runs == b.runs == 5 and a.batch == 64
+    assert 0 < a.median_ms <= a.p90_ms and 0 < b.median_ms <= b.p90_ms
+    rows = compare_latency(small, [wide], batches=(1,), runs=3, threads=1)
+    assert [r["speedup"] for r in rows][0] == 1.0 and rows[1]["speedup"] == rows[0]["median_ms"] / rows[1]["median_ms"]

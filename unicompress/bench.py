@@ -53,18 +53,36 @@ def measure_latency(path: Union[str, Path], batch: int = 1, length: int = 128, t
 
     Example: ``measure_latency("model.onnx", batch=32).median_ms``.
     """
-    session = make_session(path, threads)
-    feeds = feeds_for(session, inputs) if inputs is not None else synthetic_inputs(session, batch, length)
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
+    return measure_latencies([path], batch, length, threads, runs, warmup, inputs)[0]
+
+
+def measure_latencies(paths: Sequence[Union[str, Path]], batch: int = 1, length: int = 128, threads: int = 2,
+                      runs: int = 7, warmup: int = 2, inputs: Optional[Mapping[str, np.ndarray]] = None
+                      ) -> list[Latency]:
+    """Latency of several files measured run by run in turn (file A, file B, file A, ...).
+
+    Every session is open at once and each round times one run of every file, so a change of load on
+    a shared machine falls on all of them alike and their ratios stay steady.
+
+    Example: ``base, q = measure_latencies(["fp32.onnx", "int8.onnx"], batch=32)``.
+    """
+    sessions = [make_session(p, threads) for p in paths]
+    feeds = [feeds_for(s, inputs) if inputs is not None else synthetic_inputs(s, batch, length) for s in sessions]
+    for session, feed in zip(sessions, feeds):
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in paths]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return Latency(str(path), batch, length, threads, statistics.median(times),
-                   times[min(len(times) - 1, int(0.9 * len(times)))], runs, Path(path).stat().st_size / 1e6)
+        for i, (session, feed) in enumerate(zip(sessions, feeds)):
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times[i].append((time.perf_counter() - t0) * 1000)
+    out = []
+    for path, ts in zip(paths, times):
+        ts.sort()
+        out.append(Latency(str(path), batch, length, threads, statistics.median(ts),
+                           ts[min(len(ts) - 1, int(0.9 * len(ts)))], runs, Path(path).stat().st_size / 1e6))
+    return out
 
 
 def compare_latency(baseline: Union[str, Path], candidates: Sequence[Union[str, Path]],
@@ -72,15 +90,14 @@ def compare_latency(baseline: Union[str, Path], candidates: Sequence[Union[str, 
                     runs: int = 7) -> list[dict]:
     """Rows of latency and size for each file and batch, with the speed-up against `baseline`.
 
-    Runs are interleaved per batch size (baseline, then each candidate) so that machine load
-    affects both sides of a ratio alike.
+    Runs alternate between the files (`measure_latencies`) so that machine load affects both sides of
+    a ratio alike.
     """
     rows = []
     for batch in batches:
-        base = measure_latency(baseline, batch, length, threads, runs)
+        base, *others = measure_latencies([baseline, *candidates], batch, length, threads, runs)
         rows.append(base.to_dict() | {"speedup": 1.0, "size_ratio": 1.0})
-        for path in candidates:
-            lat = measure_latency(path, batch, length, threads, runs)
+        for lat in others:
             rows.append(lat.to_dict() | {"speedup": base.median_ms / lat.median_ms,
                                          "size_ratio": base.size_mb / lat.size_mb})
     return rows

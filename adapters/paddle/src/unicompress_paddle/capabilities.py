@@ -36,7 +36,7 @@ ROWS = [
     # low rank
     ("low_rank", "by", ["rank", "energy"], E),
     # finetune
-    ("finetune", "training.distributed", ["none"], N),
+    ("finetune", "training.distributed", ["none", "data_parallel"], N),
 ]
 
 NOTES = {
@@ -57,6 +57,9 @@ NOTES = {
     "distillation": "response = PaddleSlim KLLoss, feature mse = PaddleSlim MSELoss, feature cosine and relation "
                     "(MiniLM attention + value relations) with Paddle ops; frozen teacher; student by dropping "
                     "layers (num_layers keeps evenly spaced layers incl. first and last); equal widths only.",
+    "finetune": "data_parallel: paddle.distributed.init_parallel_env (gloo on CPU) + paddle.DataParallel under "
+                "`python -m paddle.distributed.launch`; every rank takes rows rank::world_size of the global batch; "
+                "QAT activation quanters take the global batch's abs-max (all_reduce MAX inside the forward).",
     "low_rank": "paddle.linalg.svd of each Linear, replaced by Linear(in, r) -> Linear(r, out) ('first'/'second').",
 }
 

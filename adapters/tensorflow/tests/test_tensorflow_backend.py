@@ -66,7 +66,7 @@ def test_entry_point_and_capability_rows():
     assert caps.support("pruning", "scope", "global") is Support.unsupported
     assert caps.support("quantization", "mapping", "log") is Support.emulated
     assert caps.support("quantization", "bits", 4) is Support.native
-    assert caps.support("finetune", "training.distributed", "data_parallel") is Support.unsupported
+    assert caps.support("finetune", "training.distributed", "data_parallel") is Support.native  # tf.distribute (test_tensorflow_distributed.py)
     assert caps.support("quantization", "mode", "dynamic") is Support.unsupported  # see the note
 
 

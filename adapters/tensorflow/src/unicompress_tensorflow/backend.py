@@ -25,10 +25,15 @@ class TensorFlowAdapter(Adapter):
     requirements = ("unicompress-tensorflow", "tensorflow-cpu==2.21.0", "tf-keras==2.21.0",
                     "tensorflow-model-optimization==0.8.1", "tf2onnx==1.17.0")
     framework_modules = ("tf_keras", "keras", "tensorflow", "unicompress_tensorflow")
+    _started = False  # start_if_worker ran (once per process)
 
     def _mod(self, name: str) -> Any:
         """Import one of this package's framework modules, or fail with the pip command."""
         self.require("tensorflow", "tf_keras", "tensorflow_model_optimization")
+        if not self._started:
+            # a TF_CONFIG worker must create its MultiWorkerMirroredStrategy before TensorFlow's first op
+            importlib.import_module("unicompress_tensorflow.distributed").start_if_worker()
+            TensorFlowAdapter._started = True
         return importlib.import_module(f"unicompress_tensorflow.{name}")
 
     # ---- data ----------------------------------------------------------------------------------

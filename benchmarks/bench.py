@@ -48,16 +48,18 @@ SCENARIOS = tuple(Path(name).stem for name in examples.EXAMPLE_FILES)
 
 
 # ---- worker: one (backend, scenario) in its own process ----------------------------------------------
-def worker(backend: str, scenario: str, smoke: bool, runs: int, overhead: bool, repeats: int, rundir: Path) -> dict:
+def worker(backend: str, scenario: str, smoke: bool, runs: int, overhead: bool, repeats: int, rundir: Path,
+           keep_onnx: bool = False) -> dict:
     """Compress one scenario and measure it (runs inside the worker process).
 
     The run's report (example.md/json/png, report.*) stays in `rundir`; its ONNX files are deleted
-    once measured (they are large and rebuilt by any run).
+    once measured (they are large and rebuilt by any run) unless `keep_onnx` (git ignores them), so
+    `--remeasure` can time them again later on a quiet machine.
     """
     recipe = examples.load_example(examples.EXAMPLES / f"{scenario}.yaml", backend, smoke)
     row: dict[str, Any] = {"backend": backend, "scenario": scenario, "recipe": recipe.name, "smoke": smoke}
     summary = examples.run(recipe, rundir, runs=runs, progress=False)
-    for onnx_file in rundir.glob("*.onnx*"):
+    for onnx_file in ([] if keep_onnx else rundir.glob("*.onnx*")):
         onnx_file.unlink()
     row["report"] = str(rundir / "example.md")
     row.update(summary)
@@ -196,7 +198,7 @@ def measure_row(backend: str, scenario: str, args: argparse.Namespace) -> dict:
                    "native_comparison": torch_native_pruning(args.smoke, args.overhead_repeats)}
         else:
             row = worker(backend, scenario, args.smoke, args.runs, not args.no_overhead, args.overhead_repeats,
-                         run_dir(args, backend, scenario))
+                         run_dir(args, backend, scenario), keep_onnx=args.keep_onnx)
     except Exception as exc:
         import traceback
         row = {"backend": backend, "scenario": scenario, "status": "failed",
@@ -240,6 +242,7 @@ def run_one(backend: str, scenario: str, args: argparse.Namespace) -> dict:
                "--overhead-repeats", str(args.overhead_repeats)]
         cmd += ["--smoke"] if args.smoke else []
         cmd += ["--no-overhead"] if args.no_overhead else []
+        cmd += ["--keep-onnx"] if args.keep_onnx else []
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TF_USE_LEGACY_KERAS": "1",
                "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": str(args.threads)}
         t0 = time.perf_counter()
@@ -290,6 +293,11 @@ def markdown(doc: dict) -> str:
            f"ONNX Runtime, {doc['settings']['ort_intra_op_threads']} intra-op threads, median of "
            f"{doc['settings']['runs']} runs, sequence length {doc['settings']['sequence_length']}. Ratios are "
            "against the uncompressed model measured in the same worker.", ""]
+    again = [f"{r['backend']}/{r['scenario']}" for r in doc["rows"] if r.get("latency_remeasured")]
+    if again:
+        at = max(r["latency_remeasured"]["at"] for r in doc["rows"] if r.get("latency_remeasured"))
+        out += [f"Latencies of {', '.join(again)} were re-timed from the kept ONNX files (`--remeasure`, last "
+                f"{at}), before and after in turn, on a quieter machine than the compression run had.", ""]
     rows = []
     for r in doc["rows"]:
         if r["status"] != "ok":
@@ -336,6 +344,40 @@ def _overhead_cell(o: Optional[dict]) -> str:
     same = "same" if o["max_abs_logit_diff"] <= 1e-5 else f"diff {o['max_abs_logit_diff']:.1e}"
     mins = o["unicompress_min_s"] / o["direct_min_s"] if o.get("direct_min_s") else float("nan")
     return f"{o['time_ratio']:.3f}x / {mins:.3f}x ({same})"
+
+
+def remeasure_latency(doc: dict, onnx_root: Path, runs: int, threads: int) -> dict:
+    """Time the kept ONNX files of every measured row again (before and after in turn, run by run) and
+    replace that row's latencies and ratios; rows whose files are gone keep theirs.
+
+    Compression trains for minutes; on a shared machine its neighbours' load lands on the latency
+    measured right after it. Re-timing the same files when the machine is quiet gives steadier ratios.
+    The row records when and how (``latency_remeasured``).
+    """
+    import datetime
+
+    from unicompress.data import load_dataset
+
+    inputs: dict[tuple, Any] = {}
+    for row in doc["rows"]:
+        folder = Path(onnx_root) / f"{row['backend']}-{row['scenario']}"
+        before = folder / "before.onnx"
+        after = [f for f in folder.glob("*.onnx") if f.name != "before.onnx"]
+        if row["status"] != "ok" or not before.exists() or len(after) != 1:
+            continue
+        recipe = examples.load_example(examples.EXAMPLES / f"{row['scenario']}.yaml", row["backend"], doc["smoke"])
+        key = (recipe.data.dataset, tuple(sorted(recipe.data.kwargs.items())))
+        if key not in inputs:
+            inputs[key] = examples.first_inputs(load_dataset(recipe.data.dataset, **recipe.data.kwargs), 32)
+        for batch in (1, 32):
+            b, a = measure.onnx_latencies_ms([before, after[0]], inputs[key], batch, threads, runs)
+            row["before"][f"latency_b{batch}_ms"], row["after"][f"latency_b{batch}_ms"] = b, a
+            row["ratios"][f"latency_b{batch}"] = measure.ratio(b, a)
+        row["latency_remeasured"] = {"at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                                     "runs": runs, "threads": threads}
+        print(f"[bench] {row['backend']:10s} {row['scenario']:24s} latency b32 {row['ratios']['latency_b32']:.2f}x "
+              f"b1 {row['ratios']['latency_b1']:.2f}x (re-measured)", flush=True)
+    return doc
 
 
 def merge_previous(doc: dict, path: Path) -> dict:
@@ -388,6 +430,11 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
     p.add_argument("--merge", action="store_true",
                    help="keep the rows of an earlier results.json in --out for what this run does not measure")
+    p.add_argument("--keep-onnx", action="store_true",
+                   help="keep each run's before/after ONNX files in runs/<backend>-<scenario>/ (for --remeasure)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="measure nothing new: re-time the kept ONNX files of the rows in --out/results.json "
+                        "(before and after in turn) and rewrite the results")
     p.add_argument("--in-process", action="store_true",
                    help="run every scenario in this process (for tests: no isolation, shared peak memory)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -404,6 +451,13 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
     out = args.out = Path(args.out or (DEFAULT_OUT / "smoke" if args.smoke else DEFAULT_OUT)).resolve()
+    if args.remeasure:
+        doc = remeasure_latency(json.loads((out / "results.json").read_text()), out / "runs", args.runs,
+                                args.threads)
+        written = write_results(doc, out)
+        print(markdown(doc))
+        print("written: " + ", ".join(str(v) for v in written.values()))
+        return 0
     doc = run_all(args)
     if args.merge:
         doc = merge_previous(doc, out / "results.json")

@@ -27,7 +27,7 @@ def test_smoke_benchmark_measures_a_structured_pruning_run(tmp_path, monkeypatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bench = _bench()
     status = bench.main(["--smoke", "--in-process", "--backends", "torch", "--scenarios", "prune_heads_ffn",
-                         "--runs", "1", "--overhead-repeats", "1", "--out", str(tmp_path)])
+                         "--runs", "1", "--overhead-repeats", "1", "--out", str(tmp_path), "--keep-onnx"])
     doc = json.loads((tmp_path / "results.json").read_text())
     assert status == 0 and doc["smoke"] is True
     (row,) = doc["rows"]
@@ -46,6 +46,14 @@ def test_smoke_benchmark_measures_a_structured_pruning_run(tmp_path, monkeypatch
     md = (tmp_path / "results.md").read_text()
     assert "prune_heads_ffn" in md and "torch.nn.utils.prune" in md
     assert (tmp_path / "results.png").stat().st_size > 1000
+    # --keep-onnx left the files; --remeasure times them again and rewrites only the latencies
+    assert (tmp_path / "runs" / "torch-prune_heads_ffn" / "before.onnx").exists()
+    assert bench.main(["--smoke", "--remeasure", "--runs", "2", "--out", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    (row2,) = again["rows"]
+    assert row2["latency_remeasured"]["runs"] == 2 and row2["after"]["params"] == after["params"]
+    assert row2["ratios"]["latency_b32"] == pytest.approx(row2["before"]["latency_b32_ms"] /
+                                                          row2["after"]["latency_b32_ms"])
 
 
 def test_cli_runs_a_smoke_recipe_with_a_registry_dataset(tmp_path, monkeypatch, capsys):

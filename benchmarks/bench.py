@@ -57,11 +57,19 @@ def worker(backend: str, scenario: str, smoke: bool, runs: int, overhead: bool, 
     `--remeasure` can time them again later on a quiet machine.
     """
     recipe = examples.load_example(examples.EXAMPLES / f"{scenario}.yaml", backend, smoke)
-    row: dict[str, Any] = {"backend": backend, "scenario": scenario, "recipe": recipe.name, "smoke": smoke}
     summary = examples.run(recipe, rundir, runs=runs, progress=False)
     for onnx_file in ([] if keep_onnx else rundir.glob("*.onnx*")):
         onnx_file.unlink()
-    row["report"] = str(rundir / "example.md")
+    row = row_from_summary(backend, scenario, smoke, summary, rundir)
+    if overhead:
+        row["overhead"] = abstraction_overhead(recipe, repeats)
+    return row
+
+
+def row_from_summary(backend: str, scenario: str, smoke: bool, summary: dict, rundir: Path) -> dict:
+    """A results row from one run's summary (what `run_example.run` returns and keeps as example.json)."""
+    row: dict[str, Any] = {"backend": backend, "scenario": scenario, "recipe": summary.get("recipe"),
+                           "smoke": smoke, "report": str(rundir / "example.md")}
     row.update(summary)
     row["ratios"] = {
         "size": measure.ratio(summary["before"]["onnx_mb"], summary["after"]["onnx_mb"]),
@@ -71,10 +79,23 @@ def worker(backend: str, scenario: str, smoke: bool, runs: int, overhead: bool, 
         "latency_b32": measure.ratio(summary["before"]["latency_b32_ms"], summary["after"]["latency_b32_ms"]),
         "accuracy_delta": _delta(summary["before"].get("onnx_accuracy"), summary["after"].get("onnx_accuracy")),
     }
-    if overhead:
-        row["overhead"] = abstraction_overhead(recipe, repeats)
     row["status"] = "ok"
     return row
+
+
+def collect_rows(args: argparse.Namespace) -> dict:
+    """Rows rebuilt from the run folders' example.json for the requested backends and scenarios, without
+    running anything (after an interrupted run); the document as `run_all` makes it, minus what was not run."""
+    doc = run_all(args, dry=True)
+    for backend in args.backends:
+        for scenario in args.scenarios:
+            folder = run_dir(args, backend, scenario)
+            summary_path = folder / "example.json"
+            if summary_path.exists():
+                row = row_from_summary(backend, scenario, args.smoke, json.loads(summary_path.read_text()), folder)
+                row["collected_from"] = str(summary_path)
+                doc["rows"].append(row)
+    return doc
 
 
 def interleaved(first, second, repeats: int) -> tuple[list[float], list[float], Any, Any]:
@@ -257,10 +278,11 @@ def run_one(backend: str, scenario: str, args: argparse.Namespace) -> dict:
     return row
 
 
-def run_all(args: argparse.Namespace) -> dict:
-    """Every requested (backend, scenario), then the torch native comparison; returns the results document."""
+def run_all(args: argparse.Namespace, dry: bool = False) -> dict:
+    """Every requested (backend, scenario), then the torch native comparison; returns the results document
+    (`dry`: the document's frame only, nothing run)."""
     rows = []
-    for backend in args.backends:
+    for backend in ([] if dry else args.backends):
         for scenario in args.scenarios:
             reason = capability_problems(backend, scenario)
             if reason is not None:
@@ -274,7 +296,7 @@ def run_all(args: argparse.Namespace) -> dict:
     native = None
     from unicompress.backend import available_backends
 
-    if "torch" in args.backends and "torch" in available_backends() and not args.no_overhead:
+    if not dry and "torch" in args.backends and "torch" in available_backends() and not args.no_overhead:
         native = run_one("torch", "torch-native-pruning", args)
     return {"smoke": args.smoke, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -435,6 +457,9 @@ def main(argv=None) -> int:
     p.add_argument("--remeasure", action="store_true",
                    help="measure nothing new: re-time the kept ONNX files of the rows in --out/results.json "
                         "(before and after in turn) and rewrite the results")
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: rebuild the rows of --backends/--scenarios from runs/*/example.json "
+                        "(after an interrupted run) and merge them into --out")
     p.add_argument("--in-process", action="store_true",
                    help="run every scenario in this process (for tests: no isolation, shared peak memory)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -458,8 +483,8 @@ def main(argv=None) -> int:
         print(markdown(doc))
         print("written: " + ", ".join(str(v) for v in written.values()))
         return 0
-    doc = run_all(args)
-    if args.merge:
+    doc = collect_rows(args) if args.collect else run_all(args)
+    if args.merge or args.collect:
         doc = merge_previous(doc, out / "results.json")
     written = write_results(doc, out)
     print(markdown(doc))

@@ -54,6 +54,13 @@ def test_smoke_benchmark_measures_a_structured_pruning_run(tmp_path, monkeypatch
     assert row2["latency_remeasured"]["runs"] == 2 and row2["after"]["params"] == after["params"]
     assert row2["ratios"]["latency_b32"] == pytest.approx(row2["before"]["latency_b32_ms"] /
                                                           row2["after"]["latency_b32_ms"])
+    # --collect rebuilds the row from the run folder alone (an interrupted run loses nothing)
+    (tmp_path / "results.json").unlink()
+    assert bench.main(["--smoke", "--collect", "--backends", "torch", "--scenarios", "prune_heads_ffn",
+                       "--no-overhead", "--out", str(tmp_path)]) == 0
+    (row3,) = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert row3["status"] == "ok" and row3["after"]["params"] == after["params"] and "collected_from" in row3
+    assert row3["ratios"]["params"] == row["ratios"]["params"]
 
 
 def test_cli_runs_a_smoke_recipe_with_a_registry_dataset(tmp_path, monkeypatch, capsys):

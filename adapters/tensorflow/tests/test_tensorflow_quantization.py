@@ -1,4 +1,4 @@
-"""Quantization through TFMOT (qat, weight_only, log emulated) and the TFLite converter (dynamic, static):
+"""Quantization through TFMOT (qat, weight_only, static, log emulated) and the TFLite converter (dynamic):
 integer levels, scales and zero-points against the reference."""
 from __future__ import annotations
 
@@ -65,10 +65,9 @@ def test_weight_only_tfmot_matches_reference(bert, bits, scheme, granularity):
 
 
 @pytest.mark.slow
-def test_tflite_dynamic_and_static_int8_match_reference(bert):
+def test_tflite_dynamic_int8_matches_reference(bert):
     w = layers.get_weights(bert)
-    for spec in (QuantizationSpec(mode="dynamic"), QuantizationSpec(mode="static"),
-                 QuantizationSpec(mode="dynamic", granularity="per_tensor")):
+    for spec in (QuantizationSpec(mode="dynamic"), QuantizationSpec(mode="dynamic", granularity="per_tensor")):
         qm = A.apply(A.copy(bert), spec, _data())
         assert isinstance(qm, quantization.TFLiteModel)
         qw = A.quantized_weights(qm)
@@ -87,35 +86,64 @@ def test_tflite_refuses_what_it_cannot_do(bert):
             A.apply(A.copy(bert), spec, _data())
 
 
-@pytest.mark.slow
-def test_static_tflite_keeps_unselected_layers_float(bert):
-    """The converter's node denylist keeps the pooler, the classifier and skipped layers in float."""
+def _input_quantizers(qm) -> dict[str, list[float]]:
+    """{Dense name: [min, max]} of the calibrating QuantizeLayers the static path puts on Dense inputs."""
+    out = {}
+    for layer in qm.layers:
+        if isinstance(layer, quantization.QuantizeLayer):
+            assert layer.name.endswith(quantization.INPUT_QUANTIZER_SUFFIX)
+            dense = layer.name[: -len(quantization.INPUT_QUANTIZER_SUFFIX)]
+            # it feeds exactly that Dense (and nothing else: residuals and other layers stay float)
+            assert [n.outbound_layer.layer.name for n in layer._outbound_nodes] == [dense]
+            out[dense] = sorted(float(v.numpy()) for v in layer.weights if v.name.endswith(("_min:0", "_max:0")))
+    return out
+
+
+def _float_input_range(bert, name, data):
+    """min/max of a Dense input over the calibration batches, in the float model (0 included, as TFMOT does)."""
+    probe = layers.keras.Model(bert.input, bert.get_layer(name).input)
+    outs = [probe(layers.to_tensors(bert, x), training=False).numpy() for x in data.calibration()]
+    return [min(min(o.min() for o in outs), 0.0), max(max(o.max() for o in outs), 0.0)]
+
+
+def test_static_int8_quantizes_the_selected_dense_inputs_only_with_min_max_ranges(bert):
+    """Static PTQ: TFMOT weight fake-quant matching the reference, and a calibrated AllValuesQuantizer on the
+    input of each selected Dense (no LayerNorm/softmax/GELU/residual quantization); unselected Dense layers
+    (pooler, classifier) and skipped ones stay float."""
     spec = QuantizationSpec(mode="static", overrides=[{"pattern": "*.self.value", "skip": True}])
-    qm = A.apply(A.copy(bert), spec, _data())
-    expected = {n for n in quantization.selected_dense(bert, spec) if not n.endswith("self.value")}
-    assert set(A.quantized_weights(qm)) == expected
-    assert np.abs(A.run(qm, X) - A.run(bert, X)).max() < 0.01
-
-
-def test_static_asymmetric_goes_through_tfmot_with_min_max_calibration(bert):
-    spec = QuantizationSpec(mode="static", scheme="asymmetric", granularity="per_tensor", bits=8)
     data = _data()
     qm = A.apply(A.copy(bert), spec, data)
     assert not isinstance(qm, quantization.TFLiteModel)
+    expected = {n for n in quantization.selected_dense(bert, spec) if not n.endswith("self.value")}
+    qw = A.quantized_weights(qm)
+    assert set(qw) == expected
+    w = layers.get_weights(bert)
+    for name, t in qw.items():
+        _check_linear(t, w[name], 8, True, True)
+    ranges = _input_quantizers(qm)
+    assert set(ranges) == expected
+    # only the Dense layers' wrappers and their input quantizers were added: no LayerNorm or other wrapper
+    wrapped = {x.layer.name for x in qm.layers if isinstance(x, quantization.QuantizeWrapper)}
+    assert wrapped == expected
+    # the first query's input is the embeddings' LayerNorm output, upstream of any fake-quant: exact min/max
+    np.testing.assert_allclose(ranges[Q0], _float_input_range(bert, Q0, data), rtol=1e-6)
+    # deeper layers see upstream int8 rounding: within 2%
+    deep = "bert.encoder.layer.1.output.dense"
+    np.testing.assert_allclose(ranges[deep], _float_input_range(bert, deep, data), rtol=2e-2)
+    assert np.abs(A.run(qm, X) - A.run(bert, X)).max() < 0.01
+    assert {s.bits for s in A.describe(qm) if s.name == Q0} == {8}
+
+
+def test_static_asymmetric_per_tensor_weights_and_symmetric_activations(bert):
+    spec = QuantizationSpec(mode="static", scheme="asymmetric", granularity="per_tensor", bits=4,
+                            activation_scheme="symmetric")
+    qm = A.apply(A.copy(bert), spec, _data())
     w = layers.get_weights(bert)
     for name, t in A.quantized_weights(qm).items():
-        _check_linear(t, w[name], 8, False, False)
-    # the activation range of the first query is the min/max of its outputs over the calibration data
-    # (measured on the float model: upstream fake-quant moves it by < 1%; an EMA from TFMOT's [-6, 6] start
-    # would be far off)
-    wrapper = next(x for x in qm.layers if isinstance(x, quantization.QuantizeWrapper) and x.layer.name == Q0)
-    probe = layers.keras.Model(bert.input, bert.get_layer(Q0).output)
-    outs = [probe(layers.to_tensors(bert, x), training=False).numpy() for x, _ in data.train()]
-    lo, hi = min(o.min() for o in outs), max(o.max() for o in outs)
-    qvars = [v for v in wrapper.weights if "output" in v.name and ("min" in v.name or "max" in v.name)]
-    got = sorted(float(v.numpy()) for v in qvars)
-    np.testing.assert_allclose(got, [min(lo, 0.0), max(hi, 0.0)], rtol=1e-2)
-    assert np.abs(A.run(qm, X) - A.run(bert, X)).max() < 0.01
+        _check_linear(t, w[name], 4, False, False)
+    for lo, hi in _input_quantizers(qm).values():  # TFMOT's symmetric signed range: min = -max * 128/127
+        np.testing.assert_allclose(lo, -hi * 128 / 127, rtol=1e-5)
+    assert np.abs(A.run(qm, X) - A.run(bert, X)).max() < 0.05
 
 
 def test_tfmot_quantize_model_refuses_transformer_layers_and_annotation_works(bert):
@@ -165,3 +193,30 @@ def test_log_quantization_emulated_matches_reference(bert):
         np.testing.assert_array_equal(t.q, r.q)
         np.testing.assert_array_equal(t.sign, r.sign)
         np.testing.assert_allclose(t.dequantize(), r.dequantize(), rtol=1e-6, atol=1e-9)
+
+
+def test_static_calibration_passes_leave_dropout_and_batchnorm_alone():
+    """The calibration calls run in training mode (TFMOT's AllValuesQuantizers record ranges only then):
+    Dropout must not drop and BatchNormalization must neither use batch statistics nor update its own."""
+    keras = layers.keras
+    rng = np.random.default_rng(0)
+    inp = keras.Input((8,), name="x")
+    h = keras.layers.Dense(16, name="first")(inp)
+    h = keras.layers.BatchNormalization(name="norm")(h)
+    h = keras.layers.Dropout(0.9, name="drop")(h)
+    model = keras.Model(inp, keras.layers.Dense(4, name="second")(h))
+    norm = model.get_layer("norm")
+    norm.set_weights([w + rng.normal(size=w.shape).astype(np.float32) ** 2 for w in norm.get_weights()])
+    batches = [{"x": rng.normal(size=(16, 8)).astype(np.float32)} for _ in range(3)]
+    data = TaskData(train=lambda: ((b, np.zeros(16, np.int64)) for b in batches),
+                    calibration=lambda: iter(batches), num_labels=4)
+    qm = A.apply(A.copy(model), QuantizationSpec(mode="static"), data)
+    qnorm = next(x for x in qm.layers if x.name == "norm")
+    for before, after in zip(norm.get_weights(), qnorm.get_weights()):
+        np.testing.assert_array_equal(before, after)  # moving mean/variance untouched
+    assert qm.get_layer("drop").rate == 0.9 and qnorm.trainable  # restored after calibration
+    # the input range of "second" is what inference feeds it: no dropout scaling, moving statistics
+    probe = keras.Model(model.input, model.get_layer("second").input)
+    seen = np.concatenate([probe(b["x"], training=False).numpy() for b in batches])
+    np.testing.assert_allclose(_input_quantizers(qm)["second"], [min(seen.min(), 0), max(seen.max(), 0)],
+                               rtol=2e-2)

@@ -34,7 +34,7 @@ def tensorflow_capabilities() -> Capabilities:
         ("distillation", "feature_loss", ["mse", "cosine"], E),
         ("distillation", "student", ["drop_layers"], E),
         ("low_rank", "by", ["rank", "energy"], E),
-        ("finetune", "training.distributed", ["none"], N),
+        ("finetune", "training.distributed", ["none", "data_parallel"], N),
     ]
     notes = {
         "pruning": "tfmot.sparsity.keras.prune_low_magnitude on the selected Dense layers (ConstantSparsity / "
@@ -47,16 +47,22 @@ def tensorflow_capabilities() -> Capabilities:
         "quantization": "qat and weight_only: TFMOT quantize_annotate_layer + quantize_apply with our "
                         "QuantizeConfigs (LastValueQuantizer per-axis/per-tensor, symmetric/asymmetric, 2-8 bits, "
                         "narrow range; MovingAverageQuantizer for activations; LayerNormalization outputs in qat); "
-                        "overrides give per-layer configs. static: the TFLite full-int8 converter with a "
-                        "representative dataset (min/max calibration, 8-bit symmetric narrow weights; unselected "
-                        "layers kept float by its node denylist) when it can, else TFMOT fake-quant with "
-                        "AllValuesQuantizer activations fed the calibration batches (asymmetric or < 8-bit weights, "
-                        "overrides). dynamic (TFLite dynamic range) works but is NOT claimed: the converter "
+                        "overrides give per-layer configs. static: the same weight configs, plus a TFMOT "
+                        "QuantizeLayer(AllValuesQuantizer) on the input of each selected Dense only (inserted by a "
+                        "TFMOT layout transform in quantize_apply), calibrated by TFMOT from training-mode passes "
+                        "over the calibration batches (min/max; no optimizer step); softmax, LayerNorm, GELU and the "
+                        "residuals stay float. Its ONNX export is QDQ around the selected MatMuls only (ORT fuses "
+                        "them into integer MatMuls); its native export is a TFLite flatbuffer with those "
+                        "quantize/dequantize ops. dynamic (TFLite dynamic range) works but is NOT claimed: the converter "
                         "quantizes every Dense with >= 1024 weights whatever the selector says. Log mapping is an "
                         "emulated fake-quant quantizer (weight_only/qat); its ONNX export holds the levels as float "
                         "constants (ONNX has no log quantization).",
         "distillation": "A GradientTape loop with a frozen teacher; TFMOT has no distillation.",
         "low_rank": "tf.linalg.svd, each Dense replaced by two Dense layers (<name>.0, <name>.1).",
-        "finetune": "A GradientTape loop; weights that are exactly zero stay zero.",
+        "finetune": "A compiled GradientTape step (tf.function); weights that are exactly zero stay zero. "
+                    "data_parallel: tf.distribute.MultiWorkerMirroredStrategy from TF_CONFIG (one process per "
+                    "worker); each worker trains on its rows of the global batch and the strategy all-reduces "
+                    "the gradients, for every stage that trains (finetune, gradual pruning, QAT, distillation); "
+                    "QAT ranges are merged (min/max over workers) every step.",
     }
     return Capabilities("tensorflow", build_table(rows), notes)

@@ -58,17 +58,21 @@ def synthetic_task(zoo_name: str = "tiny-bert", batches: int = 4, batch: int = 8
     return TaskData(train=lambda: iter(data), num_labels=cfg.num_labels)
 
 
-def recipe(steps: int, learning_rate: float, optimizer: str, batch_size: int, distributed: str) -> dict:
-    """The one-stage recipe: fine-tuning whose `training.distributed` names the strategy."""
-    return {"name": "ddp-finetune", "backend": "torch", "evaluate": False,
+def recipe(steps: int, learning_rate: float, optimizer: str, batch_size: int, distributed: str,
+           backend: str = "torch") -> dict:
+    """The one-stage recipe: fine-tuning whose `training.distributed` names the strategy (the TensorFlow
+    and Paddle examples run the same recipe with their `backend`)."""
+    return {"name": f"{backend}-distributed-finetune", "backend": backend, "evaluate": False,
             "stages": [{"technique": "finetune",
                         "training": {"steps": steps, "learning_rate": learning_rate, "optimizer": optimizer,
                                      "batch_size": batch_size, "seed": 0, "distributed": distributed}}]}
 
 
 def finetune(zoo_name: str = "tiny-bert", steps: int = 4, learning_rate: float = 0.1, optimizer: str = "sgd",
-             batch_size: int = 8, distributed: str = "data_parallel", progress: bool = False) -> Any:
-    """Fine-tune a zoo model with `unicompress.compress`; returns the CompressionResult (plain torch module).
+             batch_size: int = 8, distributed: str = "data_parallel", progress: bool = False,
+             backend: str = "torch") -> Any:
+    """Fine-tune a zoo model with `unicompress.compress` on `backend`; returns the CompressionResult (for torch
+    a plain module: DDP is unwrapped).
 
     tiny-bert and tiny-vit train on `synthetic_task`; minilm-l6 on BBC News (tokenised offline, length 128).
     """
@@ -81,9 +85,9 @@ def finetune(zoo_name: str = "tiny-bert", steps: int = 4, learning_rate: float =
         from unicompress.data import load_dataset
 
         data = load_dataset("bbc-news", max_length=128, batch_size=batch_size, seed=0)
-    model = get_backend("torch").build_model(zoo_name, seed=0, num_labels=data.num_labels)
-    return uc.compress(model, recipe(steps, learning_rate, optimizer, batch_size, distributed), data,
-                       backend="torch", progress=progress)
+    model = get_backend(backend).build_model(zoo_name, seed=0, num_labels=data.num_labels)
+    return uc.compress(model, recipe(steps, learning_rate, optimizer, batch_size, distributed, backend), data,
+                       backend=backend, progress=progress)
 
 
 def weights_npz(model: Any) -> bytes:

@@ -39,35 +39,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ddp_finetune import synthetic_task  # noqa: E402  (the same deterministic task as the torch example)
+import ddp_finetune  # noqa: E402  (the torch example: the same small task and recipe)
 
 
 def recipe(steps: int, learning_rate: float, optimizer: str, batch_size: int, distributed: str) -> dict:
-    """The one-stage recipe: fine-tuning whose `training.distributed` names the strategy."""
-    return {"name": "paddle-distributed-finetune", "backend": "paddle", "evaluate": False,
-            "stages": [{"technique": "finetune",
-                        "training": {"steps": steps, "learning_rate": learning_rate, "optimizer": optimizer,
-                                     "batch_size": batch_size, "seed": 0, "distributed": distributed}}]}
+    """The torch example's one-stage recipe (fine-tuning whose `training.distributed` names the strategy),
+    on the paddle backend."""
+    return ddp_finetune.recipe(steps, learning_rate, optimizer, batch_size, distributed, backend="paddle")
 
 
 def finetune(zoo_name: str = "tiny-bert", steps: int = 4, learning_rate: float = 0.1, optimizer: str = "sgd",
              batch_size: int = 8, distributed: str = "data_parallel", progress: bool = False) -> Any:
-    """Fine-tune a zoo model with `unicompress.compress`; returns the CompressionResult (a paddle.nn.Layer).
-
-    tiny-bert and tiny-vit train on `synthetic_task`; minilm-l6 on BBC News (tokenised offline, length 128).
-    """
-    import unicompress as uc
-    from unicompress.backend import get_backend
-
-    if zoo_name in ("tiny-bert", "tiny-vit"):
-        data = synthetic_task(zoo_name, batch=batch_size)
-    else:
-        from unicompress.data import load_dataset
-
-        data = load_dataset("bbc-news", max_length=128, batch_size=batch_size, seed=0)
-    model = get_backend("paddle").build_model(zoo_name, seed=0, num_labels=data.num_labels)
-    return uc.compress(model, recipe(steps, learning_rate, optimizer, batch_size, distributed), data,
-                       backend="paddle", progress=progress)
+    """The torch example's fine-tuning through `unicompress.compress`, on the paddle backend; returns the
+    CompressionResult. tiny-bert and tiny-vit train on `synthetic_task`; minilm-l6 on BBC News."""
+    return ddp_finetune.finetune(zoo_name, steps, learning_rate, optimizer, batch_size, distributed, progress,
+                                 backend="paddle")
 
 
 def weights_npz(model: Any) -> bytes:

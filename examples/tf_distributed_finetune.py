@@ -49,34 +49,20 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ddp_finetune  # noqa: E402  (the torch example: the same small task and recipe)
-from ddp_finetune import synthetic_task  # noqa: E402
 
 
 def recipe(steps: int, learning_rate: float, optimizer: str, batch_size: int, distributed: str) -> dict:
     """The torch example's one-stage recipe (fine-tuning whose `training.distributed` names the strategy),
-    for the TensorFlow backend."""
-    return {**ddp_finetune.recipe(steps, learning_rate, optimizer, batch_size, distributed),
-            "name": "tf-distributed-finetune", "backend": "tensorflow"}
+    on the tensorflow backend."""
+    return ddp_finetune.recipe(steps, learning_rate, optimizer, batch_size, distributed, backend="tensorflow")
 
 
 def finetune(zoo_name: str = "tiny-bert", steps: int = 4, learning_rate: float = 0.1, optimizer: str = "sgd",
              batch_size: int = 8, distributed: str = "data_parallel", progress: bool = False) -> Any:
-    """Fine-tune a zoo model with `unicompress.compress`; returns the CompressionResult (a tf_keras model).
-
-    tiny-bert and tiny-vit train on `synthetic_task`; minilm-l6 on BBC News (tokenised offline, length 128).
-    """
-    import unicompress as uc
-    from unicompress.backend import get_backend
-
-    if zoo_name in ("tiny-bert", "tiny-vit"):
-        data = synthetic_task(zoo_name, batch=batch_size)
-    else:
-        from unicompress.data import load_dataset
-
-        data = load_dataset("bbc-news", max_length=128, batch_size=batch_size, seed=0)
-    model = get_backend("tensorflow").build_model(zoo_name, seed=0, num_labels=data.num_labels)
-    return uc.compress(model, recipe(steps, learning_rate, optimizer, batch_size, distributed), data,
-                       backend="tensorflow", progress=progress)
+    """The torch example's fine-tuning through `unicompress.compress`, on the tensorflow backend; returns the
+    CompressionResult. tiny-bert and tiny-vit train on `synthetic_task`; minilm-l6 on BBC News."""
+    return ddp_finetune.finetune(zoo_name, steps, learning_rate, optimizer, batch_size, distributed, progress,
+                                 backend="tensorflow")
 
 
 def weights_npz(model: Any) -> bytes:

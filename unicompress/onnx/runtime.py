@@ -18,14 +18,21 @@ _NP_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float
              "tensor(double)": np.float64, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
 
 
-def make_session(path: Union[str, Path], threads: int = 1):
-    """An ORT CPU session with `threads` intra-op threads and one inter-op thread (reproducible timings)."""
+def make_session(path: Union[str, Path], threads: int = 1, spinning: bool = True):
+    """An ORT CPU session with `threads` intra-op threads and one inter-op thread (reproducible timings).
+
+    ``spinning=False`` stops the intra-op threads from busy-waiting after each run (ORT's
+    ``session.intra_op.allow_spinning``): with several sessions open, one session's spinning threads
+    would otherwise take CPU from the next one's run.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

@@ -97,15 +97,20 @@ def weights_npz(model: Any) -> bytes:
     return buf.getvalue()
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every distributed fine-tuning example takes (torch, TensorFlow, Paddle)."""
     p.add_argument("--zoo", default="tiny-bert", choices=["tiny-bert", "tiny-vit", "minilm-l6"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--learning-rate", type=float, default=0.05)
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    p.add_argument("--batch-size", type=int, default=8, help="global batch (split across the ranks)")
+    p.add_argument("--batch-size", type=int, default=8, help="global batch (split across the workers)")
     p.add_argument("--distributed", default="data_parallel", choices=["data_parallel", "none"])
     p.add_argument("--save-npz", type=Path, help="write the final weights (rank 0; every rank if it has {rank})")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_arguments(p)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     args = p.parse_args(argv)
 

@@ -42,20 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ddp_finetune  # noqa: E402  (the torch example: the same small task and recipe)
 
 
-def recipe(steps: int, learning_rate: float, optimizer: str, batch_size: int, distributed: str) -> dict:
-    """The torch example's one-stage recipe (fine-tuning whose `training.distributed` names the strategy),
-    on the paddle backend."""
-    return ddp_finetune.recipe(steps, learning_rate, optimizer, batch_size, distributed, backend="paddle")
-
-
-def finetune(zoo_name: str = "tiny-bert", steps: int = 4, learning_rate: float = 0.1, optimizer: str = "sgd",
-             batch_size: int = 8, distributed: str = "data_parallel", progress: bool = False) -> Any:
-    """The torch example's fine-tuning through `unicompress.compress`, on the paddle backend; returns the
-    CompressionResult. tiny-bert and tiny-vit train on `synthetic_task`; minilm-l6 on BBC News."""
-    return ddp_finetune.finetune(zoo_name, steps, learning_rate, optimizer, batch_size, distributed, progress,
-                                 backend="paddle")
-
-
 def weights_npz(model: Any) -> bytes:
     """Every parameter and buffer of a paddle layer as .npz bytes (numpy arrays only: no pickle)."""
     buf = io.BytesIO()
@@ -65,13 +51,7 @@ def weights_npz(model: Any) -> bytes:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--zoo", default="tiny-bert", choices=["tiny-bert", "tiny-vit", "minilm-l6"])
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--learning-rate", type=float, default=0.05)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    p.add_argument("--batch-size", type=int, default=8, help="global batch (split across the ranks)")
-    p.add_argument("--distributed", default="data_parallel", choices=["data_parallel", "none"])
-    p.add_argument("--save-npz", type=Path, help="write the final weights (rank 0; every rank if it has {rank})")
+    ddp_finetune.add_training_arguments(p)
     args = p.parse_args(argv)
 
     import paddle
@@ -81,8 +61,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     rank = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
     t0 = time.perf_counter()
     try:
-        result = finetune(args.zoo, args.steps, args.learning_rate, args.optimizer, args.batch_size,
-                          args.distributed, progress=rank == 0)
+        result = ddp_finetune.finetune(args.zoo, args.steps, args.learning_rate, args.optimizer, args.batch_size,
+                                       args.distributed, progress=rank == 0, backend="paddle")
     except DistributedLaunchError as err:  # started with plain `python`: say how to launch it
         print(f"{err}\nhere: python -m paddle.distributed.launch --nproc_per_node 2 {sys.argv[0]} "
               f"{' '.join(argv or sys.argv[1:])}", file=sys.stderr)

@@ -51,20 +51,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ddp_finetune  # noqa: E402  (the torch example: the same small task and recipe)
 
 
-def recipe(steps: int, learning_rate: float, optimizer: str, batch_size: int, distributed: str) -> dict:
-    """The torch example's one-stage recipe (fine-tuning whose `training.distributed` names the strategy),
-    on the tensorflow backend."""
-    return ddp_finetune.recipe(steps, learning_rate, optimizer, batch_size, distributed, backend="tensorflow")
-
-
-def finetune(zoo_name: str = "tiny-bert", steps: int = 4, learning_rate: float = 0.1, optimizer: str = "sgd",
-             batch_size: int = 8, distributed: str = "data_parallel", progress: bool = False) -> Any:
-    """The torch example's fine-tuning through `unicompress.compress`, on the tensorflow backend; returns the
-    CompressionResult. tiny-bert and tiny-vit train on `synthetic_task`; minilm-l6 on BBC News."""
-    return ddp_finetune.finetune(zoo_name, steps, learning_rate, optimizer, batch_size, distributed, progress,
-                                 backend="tensorflow")
-
-
 def weights_npz(model: Any) -> bytes:
     """Every weight of a tf_keras model (get_weights order) as .npz bytes (numpy arrays only: no pickle)."""
     buf = io.BytesIO()
@@ -108,14 +94,8 @@ def spawn(n: int, argv: list[str], timeout: float = 1800) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--zoo", default="tiny-bert", choices=["tiny-bert", "tiny-vit", "minilm-l6"])
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--learning-rate", type=float, default=0.05)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    p.add_argument("--batch-size", type=int, default=8, help="global batch (split across the workers)")
-    p.add_argument("--distributed", default="data_parallel", choices=["data_parallel", "none"])
+    ddp_finetune.add_training_arguments(p)
     p.add_argument("--workers", type=int, default=0, help="start this many local workers (TF_CONFIG each) and wait")
-    p.add_argument("--save-npz", type=Path, help="write the final weights (worker 0; every worker if it has {rank})")
     args = p.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
 
@@ -135,8 +115,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             distributed.strategy()
             rank = distributed.worker_rank()
         t0 = time.perf_counter()
-        result = finetune(args.zoo, args.steps, args.learning_rate, args.optimizer, args.batch_size,
-                          args.distributed, progress=rank == 0)
+        result = ddp_finetune.finetune(args.zoo, args.steps, args.learning_rate, args.optimizer, args.batch_size,
+                                       args.distributed, progress=rank == 0, backend="tensorflow")
     except distributed.DistributedLaunchError as err:  # started without TF_CONFIG: say how to launch it
         print(f"{err}\nor here: python {sys.argv[0]} --workers 2 {' '.join(argv)}", file=sys.stderr)
         return 2

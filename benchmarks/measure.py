@@ -28,14 +28,6 @@ def slice_batch(inputs: Inputs, n: int) -> Inputs:
     return cut(np.asarray(inputs))
 
 
-def onnx_latency_ms(path: Union[str, Path], inputs: Inputs, batch: int, threads: int = 2, runs: int = 7) -> float:
-    """Median ORT latency of `batch` examples taken from `inputs` (`unicompress.bench.measure_latency`).
-
-    Example: ``onnx_latency_ms("m.onnx", test_batch, batch=32, threads=2, runs=7)``.
-    """
-    return onnx_latencies_ms([path], inputs, batch, threads, runs)[0]
-
-
 def onnx_latencies_ms(paths: Sequence[Union[str, Path]], inputs: Inputs, batch: int, threads: int = 2,
                       runs: int = 7) -> list[float]:
     """Median ORT latencies of several files on the same `batch` examples, timed in turn run by run

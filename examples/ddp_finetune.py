@@ -97,6 +97,13 @@ def weights_npz(model: Any) -> bytes:
     return buf.getvalue()
 
 
+def summary_line(args: argparse.Namespace, world: int, seconds: float, result: Any, unit: str = "process(es)") -> str:
+    """The one line every distributed fine-tuning example prints on its first worker: steps, workers, loss."""
+    losses = result.history[0]["loss"]
+    return (f"{args.zoo}: {args.steps} steps on {world} {unit} ({args.distributed}) in {seconds:.1f} s; "
+            f"loss {losses[0][1]:.4f} -> {losses[-1][1]:.4f}")
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The options every distributed fine-tuning example takes (torch, TensorFlow, Paddle)."""
     p.add_argument("--zoo", default="tiny-bert", choices=["tiny-bert", "tiny-vit", "minilm-l6"])
@@ -137,9 +144,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         import torch.distributed as dist
 
         world = dist.get_world_size() if dist.is_initialized() else 1
-        losses = result.history[0]["loss"]
-        print(f"{args.zoo}: {args.steps} steps on {world} process(es) ({args.distributed}) in {seconds:.1f} s; "
-              f"loss {losses[0][1]:.4f} -> {losses[-1][1]:.4f}")
+        print(summary_line(args, world, seconds, result))
     return 0
 
 

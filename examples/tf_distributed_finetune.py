@@ -127,9 +127,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         atomic_write_bytes(str(args.save_npz).replace("{rank}", str(rank)), weights_npz(result.model))
     if rank == 0:
         world = distributed.strategy().num_replicas_in_sync if args.distributed == "data_parallel" else 1
-        losses = result.history[0]["loss"]
-        print(f"{args.zoo}: {args.steps} steps on {world} worker(s) ({args.distributed}) in {seconds:.1f} s; "
-              f"loss {losses[0][1]:.4f} -> {losses[-1][1]:.4f}", flush=True)
+        print(ddp_finetune.summary_line(args, world, seconds, result, unit="worker(s)"), flush=True)
     return 0
 
 

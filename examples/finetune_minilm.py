@@ -7,7 +7,8 @@ safetensors, neutral HF-style names, zoo name and config in the metadata) is wri
 its test accuracy. The example recipes name ``minilm-l6-bbc-news-{backend}.safetensors``, so a recipe
 run on paddle starts from the model fine-tuned in Paddle; `run_example.py` calls `ensure_checkpoint()`
 so each is built once, on first use. Any checkpoint loads into any backend (`unicompress.load_model`).
-Measured: 2 epochs at length 128 reach about 98% test accuracy in about 4 minutes on 2 cores (torch).
+Measured (2 epochs, length 128, 2 cores): torch 97.65% in 236 s, TensorFlow 97.18% in 659 s and Paddle
+98.12% in 2885 s (both while other jobs shared the cores).
 
     python examples/finetune_minilm.py                        # torch, 2 epochs, length 128
     python examples/finetune_minilm.py --backend tensorflow   # the same in TensorFlow

@@ -11,11 +11,12 @@ parameters, non-zeros, ONNX file size, ONNX Runtime latency at batch 1 and 32 (l
 2 intra-op threads, median of --runs), peak memory and compression time. Ratios are against the
 uncompressed model measured in the same worker.
 
-Then the abstraction's cost (`--overhead`, on by default): for each scenario, `unicompress.compress`
-(evaluation and export off) against the direct native call -- the backend's handler for each stage
-applied to a copy, which is exactly the toolkit call unicompress makes -- and, for torch, against
-plain `torch.nn.utils.prune.l1_unstructured` on the same layers: the same result (logits compared) and
-the time ratio (median of --overhead-repeats for one-shot scenarios).
+Then the abstraction's cost (on by default, `--no-overhead` skips it): for each scenario,
+`unicompress.compress` (evaluation and export off) against the direct native call -- the backend's
+handler for each stage applied to a copy, which is exactly the toolkit call unicompress makes -- and, for
+each backend, against the framework's own pruning call made by hand on the same layers (native_calls.py:
+torch.nn.utils.prune, TFMOT prune_low_magnitude, Paddle ops): the same result (zeros and logits compared)
+and the time ratio (median and minimum of interleaved repeats).
 
 Writes (atomically) under --out (default benchmarks/results, or benchmarks/results/smoke):
 results.json, results.md (tables) and results.png (accuracy against size and latency).
@@ -41,10 +42,12 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results"
 
 
 sys.path.insert(0, str(ROOT / "examples"))
+import native_calls  # noqa: E402
 import run_example as examples  # noqa: E402  (a script folder, not a package)
 
 measure = examples.measure
 SCENARIOS = tuple(Path(name).stem for name in examples.EXAMPLE_FILES)
+NATIVE_SCENARIO = "native-pruning"  # the by-hand comparison's row (one per backend)
 
 
 # ---- worker: one (backend, scenario) in its own process ----------------------------------------------
@@ -99,17 +102,26 @@ def collect_rows(args: argparse.Namespace) -> dict:
 
 
 def interleaved(first, second, repeats: int) -> tuple[list[float], list[float], Any, Any]:
-    """Time `first()` and `second()` alternately `repeats` times (machine load drifts hit both alike);
-    returns both lists of seconds and the last result of each."""
-    t_first, t_second, out_first, out_second = [], [], None, None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out_first = first()
-        t_first.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        out_second = second()
-        t_second.append(time.perf_counter() - t0)
-    return t_first, t_second, out_first, out_second
+    """Time `first()` and `second()` alternately, `repeats` times each, and return both lists of seconds
+    and the last result of each.
+
+    Fair to both: the order alternates (AB BA AB ...) so neither always runs on a cache or allocator the
+    other just warmed; earlier results are dropped and garbage is collected before each call, outside
+    the timer, so each call starts from the same free memory (a model's copy is ~90 MB of fresh pages).
+    """
+    import gc
+
+    times: dict[int, list[float]] = {0: [], 1: []}
+    last: dict[int, Any] = {0: None, 1: None}
+    funcs = (first, second)
+    for i in range(repeats):
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            last[which] = None
+            gc.collect()
+            t0 = time.perf_counter()
+            last[which] = funcs[which]()
+            times[which].append(time.perf_counter() - t0)
+    return times[0], times[1], last[0], last[1]
 
 
 def _delta(before: Optional[float], after: Optional[float]) -> Optional[float]:
@@ -159,42 +171,32 @@ def abstraction_overhead(recipe, repeats: int) -> dict:
     return result
 
 
-def torch_native_pruning(smoke: bool, repeats: int) -> dict:
-    """50% unstructured magnitude pruning: unicompress.prune against torch.nn.utils.prune.l1_unstructured
-    applied by hand to the same layers (same masks expected, time ratio)."""
+def native_pruning(backend: str, smoke: bool, repeats: int) -> dict:
+    """50% unstructured magnitude pruning: `unicompress.compress` against the framework's own pruning call
+    made by hand on the same layers (native_calls.py): same zeros expected, and the time ratio."""
     import numpy as np
-    import torch
-    from torch.nn.utils import prune
 
     import unicompress as uc
 
-    recipe = examples.load_example(examples.EXAMPLES / "int8_static.yaml", "torch", smoke)
+    recipe = examples.load_example(examples.EXAMPLES / "int8_static.yaml", backend, smoke)
     adapter, model, data = examples.prepare(recipe, build_missing=True, progress=False)
-    spec = uc.PruningSpec(granularity="unstructured", sparsity=0.5)
-    names = [layer.name for layer in spec.selector.select(adapter.layers(model))]
-
-    def native():
-        m = copy.deepcopy(model)
-        modules = dict(m.named_modules())
-        for name in names:
-            prune.l1_unstructured(modules[name], "weight", amount=0.5)
-            prune.remove(modules[name], "weight")
-        return m
-
+    spec = uc.PruningSpec(granularity="unstructured", sparsity=native_calls.SPARSITY)
+    names = [layer.name for layer in spec.selector.select(adapter.layers(model)) if layer.kind == "linear"]
     plain = uc.Recipe(name="prune-50", stages=[spec], evaluate=False)  # no accuracy runs inside the timing
 
-    def via_unicompress():
-        return uc.compress(model, plain, data, backend="torch", progress=False).model
+    def by_hand():
+        return native_calls.BY_HAND[backend](model, names)
 
-    t_native, t_uc, m_native, m_uc = interleaved(native, via_unicompress, repeats)
-    with torch.no_grad():
-        wn = {n: dict(m_native.named_modules())[n].weight.numpy() for n in names}
-        wu = {n: dict(m_uc.named_modules())[n].weight.numpy() for n in names}
+    def via_unicompress():
+        return uc.compress(model, plain, data, backend=backend, progress=False).model
+
+    t_native, t_uc, m_native, m_uc = interleaved(by_hand, via_unicompress, repeats)
+    wn, wu = adapter.weights(m_native, names), adapter.weights(m_uc, names)
     same_masks = all(np.array_equal(wn[n] == 0, wu[n] == 0) for n in names)
     a, b = _logits(adapter, m_native, data), _logits(adapter, m_uc, data)
     native_s, uc_s = statistics.median(t_native), statistics.median(t_uc)
-    # where the difference goes: the core calls describe() before, after each stage and at the end,
-    # and layers() for the selector check; the user's copy is made by both paths
+    # where the difference goes: the core calls describe() before and after the stage, and layers()
+    # for the selector check; both paths copy the user's model
     parts = {}
     for label, fn in (("describe_s", lambda: adapter.describe(model)), ("layers_s", lambda: adapter.layers(model)),
                       ("copy_s", lambda: adapter.copy(model))):
@@ -204,7 +206,8 @@ def torch_native_pruning(smoke: bool, repeats: int) -> dict:
             fn()
             times.append(time.perf_counter() - t0)
         parts[label] = min(times)
-    return {"spec": "pruning unstructured 50% magnitude, per layer", "layers": len(names), "repeats": repeats,
+    return {"spec": "pruning unstructured 50% magnitude, per layer", "native_call": native_calls.NATIVE_CALL[backend],
+            "layers": len(names), "repeats": repeats,
             "native_s": native_s, "unicompress_s": uc_s, "time_ratio": uc_s / native_s,
             "native_min_s": min(t_native), "unicompress_min_s": min(t_uc),
             "min_time_ratio": min(t_uc) / min(t_native), "overhead_pct": (uc_s / native_s - 1) * 100,
@@ -214,9 +217,9 @@ def torch_native_pruning(smoke: bool, repeats: int) -> dict:
 def measure_row(backend: str, scenario: str, args: argparse.Namespace) -> dict:
     """One row of the results; a failure becomes a row with the error (one failing scenario hides no other)."""
     try:
-        if scenario == "torch-native-pruning":
-            row = {"backend": "torch", "scenario": scenario, "status": "ok",
-                   "native_comparison": torch_native_pruning(args.smoke, args.overhead_repeats)}
+        if scenario == NATIVE_SCENARIO:
+            row = {"backend": backend, "scenario": scenario, "status": "ok",
+                   "native_comparison": native_pruning(backend, args.smoke, args.native_repeats)}
         else:
             row = worker(backend, scenario, args.smoke, args.runs, not args.no_overhead, args.overhead_repeats,
                          run_dir(args, backend, scenario), keep_onnx=args.keep_onnx)
@@ -260,7 +263,7 @@ def run_one(backend: str, scenario: str, args: argparse.Namespace) -> dict:
             return row
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backend", backend,
                "--scenario", scenario, "--workdir", tmp, "--out", str(args.out), "--runs", str(args.runs),
-               "--overhead-repeats", str(args.overhead_repeats)]
+               "--overhead-repeats", str(args.overhead_repeats), "--native-repeats", str(args.native_repeats)]
         cmd += ["--smoke"] if args.smoke else []
         cmd += ["--no-overhead"] if args.no_overhead else []
         cmd += ["--keep-onnx"] if args.keep_onnx else []
@@ -293,17 +296,22 @@ def run_all(args: argparse.Namespace, dry: bool = False) -> dict:
             rows.append(row)
             print(f"[bench] {backend:10s} {scenario:24s} {row['status']} ({row.get('wall_s', 0):.0f} s)"
                   + (f": {row.get('error', '')[:200]}" if row["status"] != "ok" else ""), flush=True)
-    native = None
     from unicompress.backend import available_backends
 
-    if not dry and "torch" in args.backends and "torch" in available_backends() and not args.no_overhead:
-        native = run_one("torch", "torch-native-pruning", args)
+    native = {}
+    for backend in ([] if dry or args.no_overhead else args.backends):
+        if backend in available_backends():
+            native[backend] = run_one(backend, NATIVE_SCENARIO, args)
+            n = native[backend].get("native_comparison") or {}
+            print(f"[bench] {backend:10s} {NATIVE_SCENARIO:24s} {native[backend]['status']}"
+                  + (f": ratio {n['time_ratio']:.3f} (min {n['min_time_ratio']:.3f})" if n else
+                     f": {native[backend].get('error', '')[:200]}"), flush=True)
     return {"smoke": args.smoke, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version(), "threads": args.threads},
             "settings": {"runs": args.runs, "ort_intra_op_threads": 2, "batches": [1, 32],
                          "sequence_length": 32 if args.smoke else 128},
-            "rows": rows, "native_comparison": native}
+            "rows": rows, "native_comparisons": native}
 
 
 def markdown(doc: dict) -> str:
@@ -337,22 +345,25 @@ def markdown(doc: dict) -> str:
                      _overhead_cell(r.get("overhead"))))
     out.append(markdown_table(("backend", "scenario", "status", "accuracy (ORT)", "parameters", "ONNX MB",
                                "latency b1 ms", "latency b32 ms", "compress s", "peak MB", "vs direct call"), rows))
-    native = doc.get("native_comparison")
-    if native and native.get("status") == "ok":
-        n = native["native_comparison"]
-        out += ["", "## unicompress against the native toolkit called by hand (torch)", "",
-                markdown_table(("spec", "layers", "torch.nn.utils.prune s (median / min)",
+    native = native_comparisons(doc)
+    ok = {b: r["native_comparison"] for b, r in native.items() if r.get("status") == "ok"}
+    if ok:
+        out += ["", "## unicompress against each framework's own pruning call made by hand", "",
+                markdown_table(("backend", "spec", "called by hand", "layers", "by hand s (median / min)",
                                 "unicompress s (median / min)", "time ratio (median / min)", "same masks",
-                                "max |logit diff|"),
-                               [(n["spec"], str(n["layers"]), f"{n['native_s']:.4f} / {n['native_min_s']:.4f}",
+                                "max |logit diff|", "describe() ms"),
+                               [(b, n["spec"], n.get("native_call", "torch.nn.utils.prune.l1_unstructured"),
+                                 str(n["layers"]), f"{n['native_s']:.4f} / {n['native_min_s']:.4f}",
                                  f"{n['unicompress_s']:.4f} / {n['unicompress_min_s']:.4f}",
                                  f"{n['time_ratio']:.3f} / {n['min_time_ratio']:.3f}", str(n["same_masks"]),
-                                 f"{n['max_abs_logit_diff']:.2e}")]),
-                "", "Core calls per run: describe() " + f"{n['core_parts']['describe_s'] * 1e3:.1f} ms x 3, "
-                f"layers() {n['core_parts']['layers_s'] * 1e3:.1f} ms; the copy both paths make: "
-                f"{n['core_parts']['copy_s'] * 1e3:.1f} ms."]
-    elif native:
-        out += ["", f"Native comparison failed: {native.get('error', '')[:300]}"]
+                                 f"{n['max_abs_logit_diff']:.2e}", f"{n['core_parts']['describe_s'] * 1e3:.1f}")
+                                for b, n in ok.items()]),
+                "", "Medians and minima of interleaved runs (by hand and unicompress alternate, garbage collected "
+                "before each). unicompress adds its checks, a describe() of the model before and after the stage "
+                "(last column) and an achieved-sparsity check; both paths copy the user's model."]
+    for b, r in native.items():
+        if r.get("status") != "ok":
+            out += ["", f"Native comparison on {b} failed: {r.get('error', '')[:300]}"]
     out += ["", "'vs direct call': unicompress.compress (evaluation and export off) against the backend's stage "
             "handlers applied to a copy -- the same native toolkit calls without the core's checks, copies "
             "and per-stage descriptions; time ratio of medians / of minima (same result?). On a shared machine the "
@@ -415,9 +426,17 @@ def merge_previous(doc: dict, path: Path) -> dict:
     order = {name: i for i, name in enumerate(SCENARIOS)}
     rows = sorted(kept + doc["rows"], key=lambda r: (r["backend"], order.get(r["scenario"], len(order))))
     merged = {**doc, "rows": rows}
-    if doc.get("native_comparison") is None:
-        merged["native_comparison"] = old.get("native_comparison")
+    merged["native_comparisons"] = {**native_comparisons(old), **native_comparisons(doc)}
     return merged
+
+
+def native_comparisons(doc: dict) -> dict:
+    """backend -> by-hand comparison row (results written before there was one per backend held torch's
+    under 'native_comparison')."""
+    found = dict(doc.get("native_comparisons") or {})
+    if doc.get("native_comparison") and "torch" not in found:
+        found["torch"] = doc["native_comparison"]
+    return found
 
 
 def write_results(doc: dict, out: Path) -> dict[str, Path]:
@@ -449,6 +468,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-overhead", action="store_true", help="skip the unicompress-vs-direct-call timing")
     p.add_argument("--overhead-repeats", type=int, default=None,
                    help="repeats of one-shot timings (default 5, smoke 3)")
+    p.add_argument("--native-repeats", type=int, default=None,
+                   help="repeats of the torch.nn.utils.prune comparison (default 15, smoke 3; ~1 s each)")
+    p.add_argument("--native-only", action="store_true",
+                   help="run only the comparisons with each framework's pruning call made by hand (merged into --out)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
     p.add_argument("--merge", action="store_true",
                    help="keep the rows of an earlier results.json in --out for what this run does not measure")
@@ -469,6 +492,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.runs = args.runs or (3 if args.smoke else 7)
     args.overhead_repeats = args.overhead_repeats or (3 if args.smoke else 5)
+    args.native_repeats = args.native_repeats or (3 if args.smoke else 15)
+    if args.native_only:
+        args.scenarios, args.merge, args.no_overhead = [], True, False
     if args.worker:
         args.out = Path(args.out)
         return _worker_main(args)

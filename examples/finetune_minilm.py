@@ -51,22 +51,34 @@ def finetune(out: Path = DEFAULT_CHECKPOINT, epochs: float = 2.0, max_length: in
              learning_rate: float = 5e-5, seed: int = 0, zoo_name: str = "minilm-l6",
              data_kwargs: Optional[dict] = None, progress: bool = True, backend: str = "torch") -> dict:
     """Fine-tune the zoo model on BBC News with `backend` and save its weights; returns the metrics."""
-    import unicompress as uc
-    from unicompress.backend import get_backend
     from unicompress.data import load_dataset
-    from unicompress.fileio import atomic_write_text
 
     data = load_dataset("bbc-news", max_length=max_length, batch_size=batch_size, seed=seed, **(data_kwargs or {}))
     steps = max(1, math.ceil(epochs * data.extra["sizes"]["train"] / batch_size))
+    return train_and_save(zoo_name, data, out, steps=steps, learning_rate=learning_rate, batch_size=batch_size,
+                          seed=seed, backend=backend, progress=progress,
+                          extra={"epochs": epochs, "max_length": max_length})
+
+
+def train_and_save(zoo_name: str, data, out: Path, *, steps: int, learning_rate: float, batch_size: int,
+                   seed: int = 0, backend: str = "torch", progress: bool = True, warmup_steps: Optional[int] = None,
+                   extra: Optional[dict] = None) -> dict:
+    """Train the zoo model on `data` with `backend` (one neutral call: a one-stage finetune recipe), save
+    its weights as a zoo checkpoint at `out` and the metrics next to it (`out` with .json); returns them."""
+    import unicompress as uc
+    from unicompress.backend import get_backend
+    from unicompress.fileio import atomic_write_text
+
     adapter = get_backend(backend)
     model = adapter.build_model(zoo_name, num_labels=data.num_labels, seed=seed)
+    warmup = max(1, steps // 10) if warmup_steps is None else warmup_steps
     spec = uc.FineTuneSpec(training={"steps": steps, "learning_rate": learning_rate, "batch_size": batch_size,
-                                     "warmup_steps": max(1, steps // 10), "seed": seed, "log_every": 10})
+                                     "warmup_steps": warmup, "seed": seed, "log_every": 10})
     t0 = time.perf_counter()
     result = uc.compress(model, spec, data, backend=backend, progress=progress)
     seconds = time.perf_counter() - t0
     uc.save_weights(result.model, out, zoo=zoo_name, backend=backend)
-    info = {"checkpoint": str(out), "backend": backend, "zoo": zoo_name, "steps": steps, "epochs": epochs, "max_length": max_length,
+    info = {"checkpoint": str(out), "backend": backend, "zoo": zoo_name, "steps": steps, **(extra or {}),
             "batch_size": batch_size, "learning_rate": learning_rate, "seconds": round(seconds, 1),
             "accuracy_before": result.report.metrics_before.get("accuracy"),
             "accuracy_after": result.report.metrics_after.get("accuracy"), "cpus": os.cpu_count()}

@@ -3,6 +3,7 @@
     python examples/run_example.py examples/int8_static.yaml                  # the recipe's backend (torch)
     python examples/run_example.py examples/sparsity_2of4.yaml --backend tensorflow
     python examples/run_example.py examples/low_rank.yaml --smoke            # tiny-bert, a few steps, seconds
+    python examples/run_example.py examples/vit_mnist.yaml --backend paddle  # the image path (tiny-vit, MNIST-5k)
     python examples/run_example.py --matrix                                  # which example runs where today
 
 What it does: builds the recipe's model with the backend (`adapter.build_model`, fine-tuned weights
@@ -31,9 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 #: every scenario of the examples, in the order tables show them
 EXAMPLE_FILES = ("int8_static.yaml", "sparsity_2of4.yaml", "prune_heads_ffn.yaml", "distill_6to3.yaml",
-                 "low_rank.yaml", "distill_prune_quantize.yaml")
+                 "low_rank.yaml", "distill_prune_quantize.yaml", "vit_mnist.yaml")
 BACKENDS = ("torch", "tensorflow", "paddle")
 SMOKE_DATA = {"max_length": 32, "vocab_size": 128, "max_train": 64, "max_eval": 32}
+SMOKE_IMAGES = {"max_train": 64, "max_eval": 32}
 SMOKE_STEPS = 4
 
 
@@ -50,6 +52,7 @@ def _load_module(name: str, path: Path) -> Any:
 
 measure = _load_module("unicompress_bench_measure", ROOT / "benchmarks" / "measure.py")
 finetune_minilm = _load_module("unicompress_example_finetune", EXAMPLES / "finetune_minilm.py")
+train_vit_mnist = _load_module("unicompress_example_train_vit", EXAMPLES / "train_vit_mnist.py")
 
 
 # ---- recipes ---------------------------------------------------------------------------------------
@@ -74,12 +77,18 @@ def load_example(path: Path | str, backend: Optional[str] = None, smoke: bool = 
 
 
 def smoke_data(data: dict) -> dict:
-    """The plain data of a recipe made tiny: tiny-bert, a few articles, SMOKE_STEPS steps per training stage."""
+    """The plain data of a recipe made tiny: tiny-bert and a few articles (a ViT recipe keeps tiny-vit,
+    untrained, and a few digits), SMOKE_STEPS steps per training stage."""
     data = json.loads(json.dumps(data))  # deep copy
     data["name"] = data["name"] + "-smoke"
-    data["model"] = {"zoo": "tiny-bert", "kwargs": {"num_labels": 5}}
+    if data["model"].get("zoo") == "tiny-vit":
+        data["model"] = {"zoo": "tiny-vit", "kwargs": data["model"].get("kwargs", {})}
+    else:
+        data["model"] = {"zoo": "tiny-bert", "kwargs": {"num_labels": 5}}
     if data.get("data", {}).get("dataset") == "bbc-news":
         data["data"]["kwargs"] = {**data["data"].get("kwargs", {}), **SMOKE_DATA}
+    if data.get("data", {}).get("dataset") == "mnist-5k":
+        data["data"]["kwargs"] = {**data["data"].get("kwargs", {}), **SMOKE_IMAGES}
     for stage in data["stages"]:
         training = stage.get("training")
         if training:
@@ -112,7 +121,8 @@ def resolve_path(path: str) -> Path:
 def prepare(recipe, build_missing: bool = True, progress: bool = True):
     """(adapter, model, data) for a recipe: its backend builds its zoo model, `load_dataset` its data.
 
-    A missing weights file that is the fine-tuned MiniLM checkpoint is built first (finetune_minilm.py).
+    A missing weights file that is one of the examples' own checkpoints is built first: the fine-tuned
+    MiniLM (finetune_minilm.py) or the trained ViT (train_vit_mnist.py), in the backend it names.
     """
     from unicompress.backend import get_backend
     from unicompress.data import load_dataset
@@ -127,9 +137,11 @@ def prepare(recipe, build_missing: bool = True, progress: bool = True):
         kwargs.setdefault("num_labels", data.num_labels)
     if recipe.model.weights:
         path = resolve_path(recipe.model.weights_for(recipe.backend))
-        tuned_in = finetune_minilm.backend_of_checkpoint(path)
-        if not path.exists() and build_missing and tuned_in is not None:
-            finetune_minilm.ensure_checkpoint(path, progress=progress, backend=tuned_in)
+        if not path.exists() and build_missing:
+            for builder in (finetune_minilm, train_vit_mnist):
+                tuned_in = builder.backend_of_checkpoint(path)
+                if tuned_in is not None:
+                    builder.ensure_checkpoint(path, progress=progress, backend=tuned_in)
         kwargs["weights"] = load_safetensors(path, prefix_fix=False)
     if recipe.model.zoo is None:
         raise SystemExit("run_example.py builds zoo models only; use `unicompress run` for factory models")
@@ -342,9 +354,9 @@ def main(argv=None) -> int:
     p.add_argument("recipe", nargs="?", type=Path, help="an example recipe (.yaml)")
     p.add_argument("--backend", choices=BACKENDS, help="override the recipe's backend")
     p.add_argument("--out", type=Path, help="report folder (default examples/out/<recipe file>-<backend>)")
-    p.add_argument("--smoke", action="store_true", help="tiny-bert and 4 steps per training stage: seconds")
+    p.add_argument("--smoke", action="store_true", help="tiny-bert (tiny-vit untrained for the ViT recipe) and 4 steps per training stage: seconds")
     p.add_argument("--runs", type=int, default=7, help="timed ONNX Runtime runs per latency (median)")
-    p.add_argument("--no-build", action="store_true", help="do not fine-tune the MiniLM checkpoint when missing")
+    p.add_argument("--no-build", action="store_true", help="do not build a missing checkpoint (fine-tuned MiniLM, trained ViT)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--matrix", action="store_true", help="print which example each installed backend can run")
     args = p.parse_args(argv)

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))  # a folder of scripts, not a package
 import run_example as runner  # noqa: E402
 PATHS = runner.example_paths()
+MINILM_PATHS = [p for p in PATHS if p.name != "vit_mnist.yaml"]  # the text path; vit_mnist.yaml is the image path
 
 
 def test_every_example_file_exists_and_is_documented():
@@ -24,7 +25,7 @@ def test_every_example_file_exists_and_is_documented():
         assert path.name in readme
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", MINILM_PATHS, ids=lambda p: p.stem)
 def test_example_validates_and_starts_from_the_finetuned_minilm(path):
     recipe = uc.load_recipe(path)
     assert recipe.backend == "torch"
@@ -33,6 +34,17 @@ def test_example_validates_and_starts_from_the_finetuned_minilm(path):
     assert recipe.model.weights_for("paddle") == "examples/.cache/minilm-l6-bbc-news-paddle.safetensors"
     assert recipe.data.dataset == "bbc-news" and recipe.data.kwargs["max_length"] == 128
     assert recipe.export.directory == f"examples/out/{path.stem}"
+
+
+def test_image_example_starts_from_the_vit_trained_on_mnist():
+    recipe = uc.load_recipe(ROOT / "examples" / "vit_mnist.yaml")
+    assert recipe.backend == "torch" and recipe.model.zoo == "tiny-vit" and recipe.model.kwargs == {"num_labels": 10}
+    assert recipe.model.weights_for("tensorflow") == "examples/.cache/tiny-vit-mnist-tensorflow.safetensors"
+    assert runner.train_vit_mnist.backend_of_checkpoint(ROOT / recipe.model.weights_for("paddle")) == "paddle"
+    assert runner.finetune_minilm.backend_of_checkpoint(ROOT / recipe.model.weights_for("paddle")) is None
+    assert recipe.data.dataset == "mnist-5k" and recipe.export.directory == "examples/out/vit_mnist"
+    assert [s.technique for s in recipe.stages] == ["pruning", "finetune", "quantization"]
+    assert recipe.stages[0].granularity is Granularity.neuron and recipe.stages[2].mode is QuantMode.static
 
 
 @pytest.mark.parametrize("backend", ["torch", "tensorflow", "paddle"])
@@ -68,8 +80,12 @@ def test_each_example_is_the_scenario_it_names():
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
 def test_smoke_version_is_tiny_and_valid(path):
     recipe = runner.load_example(path, smoke=True)
-    assert recipe.model.zoo == "tiny-bert" and recipe.model.weights is None
-    assert recipe.data.kwargs["vocab_size"] == 128 and recipe.data.kwargs["max_length"] == 32
+    if path.name == "vit_mnist.yaml":  # the image path keeps its (untrained) tiny-vit and takes a few digits
+        assert recipe.model.zoo == "tiny-vit" and recipe.model.weights is None
+        assert recipe.data.kwargs["max_train"] == 64 and recipe.data.kwargs["max_eval"] == 32
+    else:
+        assert recipe.model.zoo == "tiny-bert" and recipe.model.weights is None
+        assert recipe.data.kwargs["vocab_size"] == 128 and recipe.data.kwargs["max_length"] == 32
     for stage in recipe.stages:
         training = getattr(stage, "training", None)
         assert training is None or training.steps <= runner.SMOKE_STEPS

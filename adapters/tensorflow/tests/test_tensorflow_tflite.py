@@ -12,7 +12,7 @@ from unicompress.errors import CapabilityError
 from unicompress.reference import quantization as rq
 from unicompress.specs import QuantizationSpec
 
-from unicompress_tensorflow import export, layers, models, quantization
+from unicompress_tensorflow import export, layers, models, quantization, tflite
 from unicompress_tensorflow.backend import TensorFlowAdapter
 
 A = TensorFlowAdapter()
@@ -48,7 +48,7 @@ def _fc_weights(flatbuffer: bytes, names) -> dict[str, tuple[str, np.ndarray]]:
     out = {}
     for name, op in ops:
         if name == "FULLY_CONNECTED":
-            layer = quantization._owning_layer(g.tensors[op.inputs[1]].name, names)
+            layer = tflite._owning_layer(g.tensors[op.inputs[1]].name, names)
             out[layer] = _constant(fb, g, op.inputs[1])
     return out
 
@@ -78,7 +78,7 @@ def bert():
 @pytest.fixture(scope="module")
 def raw(bert):
     """The converter's own output for SPEC (the same converter settings the adapter uses)."""
-    return quantization._converter(bert, SPEC).convert()
+    return tflite.dynamic_range_converter(bert, SPEC).convert()
 
 
 @pytest.fixture(scope="module")
@@ -105,18 +105,18 @@ def test_restored_constants_run_as_float_kernels(bert, raw):
     the float Keras model computes, so the hybrid ops picked their float kernels from the weight type."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    flatbuffer = quantization.keep_float_outside(raw, bert, [])
+    flatbuffer = tflite.keep_float_outside(raw, bert, [])
     fb, g, ops = _graph(flatbuffer)
     assert not [t for t in g.tensors if flatbuffer_utils.type_to_name(t.type) == "INT8"]
     assert not any(getattr(op.builtinOptions, "asymmetricQuantizeInputs", False) for _, op in ops)
-    y = quantization.TFLiteModel(flatbuffer, bert, "dynamic").run(X)
+    y = tflite.TFLiteModel(flatbuffer, bert, "dynamic").run(X)
     np.testing.assert_allclose(y, A.run(bert, X), atol=1e-6)
-    y_raw = quantization.TFLiteModel(raw, bert, "dynamic").run(X)
+    y_raw = tflite.TFLiteModel(raw, bert, "dynamic").run(X)
     assert np.abs(y_raw - A.run(bert, X)).max() > 1e-5  # the raw model's integer kernels are visible
 
 
 def test_dynamic_range_quantizes_exactly_the_selected_dense_layers(bert, raw, quantized):
-    assert isinstance(quantized, quantization.TFLiteModel)
+    assert isinstance(quantized, tflite.TFLiteModel)
     selected = set(quantization.selected_dense(bert, SPEC))
     qw = A.quantized_weights(quantized)
     assert set(qw) == selected
@@ -145,7 +145,7 @@ def test_dynamic_range_quantizes_exactly_the_selected_dense_layers(bert, raw, qu
     # it runs in tf.lite.Interpreter, close to the float model, closer than the raw converter's model
     y0 = A.run(bert, X)
     diff = np.abs(A.run(quantized, X) - y0).max()
-    raw_diff = np.abs(quantization.TFLiteModel(raw, bert, "dynamic").run(X) - y0).max()
+    raw_diff = np.abs(tflite.TFLiteModel(raw, bert, "dynamic").run(X) - y0).max()
     assert 0 < diff < 1e-3 and diff < raw_diff
     assert {s.name: s.bits for s in A.describe(quantized)}["bert.encoder.layer.0.attention.self.key"] != 8
 
@@ -240,7 +240,7 @@ def test_static_native_export_is_int8_for_the_selected_dense_layers_only(bert, s
     flatbuffer = path.read_bytes()
     names = layers.named_layers(bert)
     expected = {n for n in quantization.selected_dense(bert, spec) if not n.endswith(".self.value")}
-    assert set(quantization.int8_fully_connected(flatbuffer, names)) == expected
+    assert set(tflite.int8_fully_connected(flatbuffer, names)) == expected
     fcs = _fc_weights(flatbuffer, names)
     w = layers.get_weights(bert)
     for name, (kind, arr) in fcs.items():
@@ -289,19 +289,19 @@ def test_plain_full_int8_conversion_quantizes_softmax_layernorm_and_gelu(bert):
 def test_static_specs_tflite_cannot_run_keep_the_fake_quant_export(bert):
     """4-bit weights (or symmetric activations, asymmetric weights) have no TFLite int8 kernel: the static
     model is not registered for the int8 export, which then converts TFMOT's fake-quant as before."""
-    assert quantization.tflite_int8_problems(QuantizationSpec(mode="static", bits=4))
-    assert quantization.tflite_int8_problems(QuantizationSpec(mode="static", activation_scheme="symmetric"))
-    assert not quantization.tflite_int8_problems(QuantizationSpec(mode="static", granularity="per_tensor"))
+    assert tflite.tflite_int8_problems(QuantizationSpec(mode="static", bits=4))
+    assert tflite.tflite_int8_problems(QuantizationSpec(mode="static", activation_scheme="symmetric"))
+    assert not tflite.tflite_int8_problems(QuantizationSpec(mode="static", granularity="per_tensor"))
     qm = quantization.tfmot_static(layers.copy_model(bert), QuantizationSpec(mode="static", bits=4),
                                    _calibration_data())
-    assert quantization.static_int8_flatbuffer(qm) is None
+    assert tflite.static_int8_flatbuffer(qm) is None
 
 
 def test_static_int8_export_per_tensor(bert):
     """granularity per_tensor: TFLite's quantizer with per-channel off gives one scale per kernel."""
-    flatbuffer = quantization.tflite_full_int8(bert, list(_calibration_data().calibration()),
+    flatbuffer = tflite.tflite_full_int8(bert, list(_calibration_data().calibration()),
                                                ["bert.encoder.layer.0.attention.self.query"], per_channel=False)
-    qw = quantization.TFLiteModel(flatbuffer, bert, "static").quantized_weights()
+    qw = tflite.TFLiteModel(flatbuffer, bert, "static").quantized_weights()
     t = qw["bert.encoder.layer.0.attention.self.query"]
     assert set(qw) == {"bert.encoder.layer.0.attention.self.query"} and t.axis is None
     r = rq.quantize_weight(layers.get_weights(bert)["bert.encoder.layer.0.attention.self.query"], 8, True, False)

@@ -369,7 +369,7 @@ def _neutral_input_name(name: str) -> str:
 
 def export_onnx(model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
     """Write the model as ONNX (quantized models as QDQ), checked by onnx.checker; returns the path."""
-    from .quantization import TFLiteModel  # local: quantization imports this module
+    from .tflite import TFLiteModel  # local: quantization imports this module
 
     from .quantization import quantized_weights
 
@@ -390,7 +390,7 @@ def tflite_flatbuffer(model: Any) -> bytes:
     TFLite's int8 kernels can run becomes a full-int8 flatbuffer (integer FULLY_CONNECTED for the selected
     Dense layers, all else float); anything else is converted as is (a static model with other settings
     keeps TFMOT's fake-quant as QUANTIZE/DEQUANTIZE ops)."""
-    from .quantization import TFLiteModel, static_int8_flatbuffer
+    from .tflite import TFLiteModel, static_int8_flatbuffer
 
     if isinstance(model, TFLiteModel):
         return model.flatbuffer

@@ -125,6 +125,25 @@ def test_weights_neutral_layout_roundtrip_and_structure(adapter):
     assert np.array_equal(adapter.weights(m, [name])[name], W[name + ".weight"])  # original untouched
 
 
+def test_describe_counts_in_place_what_the_weights_hold(adapter):
+    """describe() reads parameters through a DLPack view (no copy); its non-zeros follow later changes."""
+    from unicompress_paddle.layers import host_view
+
+    m = adapter.build_model("tiny-bert", num_labels=5)
+    w = adapter.weights(m)
+    w = {n: np.where(np.abs(v) < 0.02, 0.0, v).astype(np.float32) for n, v in w.items()}
+    adapter.set_weights(m, w)
+    stats = {s.name: s for s in adapter.describe(m)}
+    assert {n: (s.params, s.nonzero) for n, s in stats.items()} == \
+        {n: (v.size, int(np.count_nonzero(v))) for n, v in w.items()}
+    lin = paddle.nn.Linear(4, 3)
+    view = host_view(lin.weight)  # a parameter that requires gradients
+    assert np.array_equal(view, lin.weight.numpy()) and not lin.weight.stop_gradient
+    with paddle.no_grad():
+        lin.weight.set_value(paddle.zeros([4, 3]))
+    assert np.count_nonzero(view) == 0  # the same memory, not a copy
+
+
 def test_tensorflow_before_paddle_is_refused_not_a_crash():
     code = textwrap.dedent("""
         import os, sys

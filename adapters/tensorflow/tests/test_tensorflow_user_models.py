@@ -99,3 +99,21 @@ def test_subclassed_model_layers_weights_and_copy():
     assert A.weights(model, ["classifier"])["classifier"].any()  # the copy is independent
     with pytest.raises(Exception, match="functional or Sequential"):
         A.apply(A.copy(model), PruningSpec(sparsity=0.5))
+
+
+@pytest.mark.parametrize("build", [_functional_mha, Subclassed], ids=["functional-mha", "subclassed"])
+def test_describe_and_layers_read_the_kernels_in_place_and_agree_with_the_weights(build):
+    """layers()/describe() take shapes and non-zeros from the variables without copying them; they must give
+    what the neutral-layout copies of get_weights give (EinsumDense, Embedding, Dense)."""
+    model = build()
+    model(X)
+    weights = A.weights(model)
+    weights = {n: np.where(np.abs(w) < np.median(np.abs(w)), 0.0, w).astype(np.float32) for n, w in weights.items()}
+    A.set_weights(model, weights)
+    stats = {s.name: s for s in A.describe(model)}
+    assert set(stats) == set(weights) and {i.name for i in A.layers(model)} == set(weights)
+    for info in A.layers(model):
+        w = weights[info.name]
+        assert info.shape == w.shape == stats[info.name].shape
+        assert (stats[info.name].params, stats[info.name].nonzero) == (w.size, int(np.count_nonzero(w)))
+        assert 0 < stats[info.name].nonzero < w.size

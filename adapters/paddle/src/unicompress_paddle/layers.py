@@ -69,6 +69,18 @@ def layer_infos(model: Any) -> list[LayerInfo]:
     return infos
 
 
+def host_view(t: Any) -> np.ndarray:
+    """A look at a CPU tensor's values without a copy (DLPack), for reading only: `Tensor.numpy()` copies
+    (23 against 1.8 ms to count the non-zeros of MiniLM's 11.7M-entry embedding table). Falls back to
+    the copy where DLPack cannot share the memory."""
+    try:
+        if t.place.is_cpu_place():
+            return np.from_dlpack(t.detach())  # parameters refuse DLPack while they require gradients
+    except (TypeError, RuntimeError, BufferError, AttributeError, ValueError):
+        pass
+    return t.numpy()
+
+
 def get_weight(layer: Any) -> np.ndarray:
     """Neutral [out, in] float32 weight of a Linear (embeddings as stored)."""
     w = layer.weight.numpy()
@@ -117,7 +129,7 @@ def describe(model: Any) -> list[LayerStats]:
     from .quantization import layer_bits
     stats = []
     for info, (name, layer) in zip(layer_infos(model), compressible(model).items()):
-        w = layer.weight.numpy()
+        w = host_view(layer.weight)
         stats.append(LayerStats(name, info.kind, info.shape, int(w.size), count_nonzero(w),
                                 layer_bits(layer), info.role.value))
     return stats

@@ -123,6 +123,24 @@ def _kernel_to_neutral(layer: Any, kernel: np.ndarray) -> np.ndarray:
     return kernel.T
 
 
+def _neutral_shape(layer: Any, shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape `_kernel_to_neutral` gives a kernel of `shape` (without reading the kernel)."""
+    shape = tuple(int(d) for d in shape)
+    if isinstance(layer, keras.layers.Embedding):
+        return shape
+    if len(shape) == 3:
+        if "output" in layer.name:
+            return (shape[-1], shape[0] * shape[1])
+        return (shape[1] * shape[2], shape[0])
+    return shape[::-1]
+
+
+def _host_view(var: tf.Variable) -> np.ndarray:
+    """A read-only look at a CPU variable's values without a copy (`var.numpy()` copies: 6.7 against 1.8 ms
+    to count the non-zeros of MiniLM's 11.7M-entry embedding table)."""
+    return np.asarray(var.value())
+
+
 def _kernel_from_neutral(layer: Any, w: np.ndarray, like: np.ndarray) -> np.ndarray:
     if isinstance(layer, keras.layers.Embedding):
         return w
@@ -142,10 +160,10 @@ def layer_infos(model: Any) -> list[LayerInfo]:
     for name, layer in _entries(model):
         if not layer.built:
             continue
-        w = _kernel_to_neutral(layer, _kernel_var(layer).numpy())
+        shape = _neutral_shape(layer, _kernel_var(layer).shape)
         m = _BLOCK.search(name)
         kind = "embedding" if isinstance(layer, keras.layers.Embedding) else "linear"
-        out.append(LayerInfo(name, kind, role_of(name, layer), tuple(w.shape), int(m.group(1)) if m else None))
+        out.append(LayerInfo(name, kind, role_of(name, layer), shape, int(m.group(1)) if m else None))
     return out
 
 
@@ -230,9 +248,13 @@ def copy_model(model: Any) -> Any:
 
 
 def describe(model: Any, bits: Optional[dict[str, int]] = None) -> list[LayerStats]:
-    """Per-layer shape, parameters, non-zeros and bits of every compressible layer."""
+    """Per-layer shape, parameters, non-zeros and bits of every compressible layer (counted on the
+    kernels in place: size and non-zeros do not depend on the layout)."""
     bits = bits or {}
-    infos = layer_infos(model)
-    weights = get_weights(model, [i.name for i in infos])
-    return [LayerStats(i.name, i.kind, i.shape, int(weights[i.name].size), count_nonzero(weights[i.name]),
-                       bits.get(i.name, 32), i.role.value) for i in infos]
+    layers = named_layers(model)
+    out = []
+    for i in layer_infos(model):
+        kernel = _host_view(_kernel_var(layers[i.name]))
+        out.append(LayerStats(i.name, i.kind, i.shape, int(kernel.size), count_nonzero(kernel), bits.get(i.name, 32),
+                              i.role.value))
+    return out

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from unicompress.backend.adapter import StageContext
-from unicompress.backend.types import TaskData
+from unicompress.backend.types import TaskData, count_nonzero
 from unicompress.reference.pruning import polynomial_sparsity
 from unicompress.specs import Criterion, Granularity, PruningSpec, ScheduleKind, Scope
 
 from . import compat
-from .layers import compressible, layer_infos, structure
+from .layers import compressible, host_view, layer_infos, structure
 from .training import record_masks, train
 
 
@@ -30,12 +30,12 @@ def selected_linears(model: Any, spec: PruningSpec) -> dict[str, Any]:
 
 def overall_sparsity(layers: dict[str, Any]) -> float:
     total = sum(int(np.prod(l.weight.shape)) for l in layers.values())
-    zeros = sum(int((l.weight.numpy() == 0).sum()) for l in layers.values())
+    zeros = total - sum(count_nonzero(host_view(l.weight)) for l in layers.values())
     return zeros / total if total else 0.0
 
 
 def _neutral_masks(layers: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {n: (l.weight.numpy() != 0).T.copy() for n, l in layers.items()}
+    return {n: (host_view(l.weight) != 0).T.copy() for n, l in layers.items()}
 
 
 def uses_gmp(spec: PruningSpec) -> bool:

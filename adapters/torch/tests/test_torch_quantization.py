@@ -433,6 +433,28 @@ def test_adapter_routes_quantized_models(tmp_path):
     assert adapter.export_onnx(qm, tmp_path / "a.onnx", example).exists()
 
 
+@pytest.mark.parametrize("mode", ["static", "qat", "weight_only", "dynamic"])
+def test_describe_of_a_quantized_model_matches_its_dequantized_twin(mode):
+    """describe() reads the float model in place after PTQ (no deep copy) and counts non-zeros on the
+    integers; it must say what describing the dequantized twin says."""
+    from unicompress_torch import layers as _layers
+
+    model, _, _ = tiny()
+    with torch.no_grad():  # some exact zeros, so the counts mean something
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight[:, ::3] = 0.0
+    qm = Q.apply_quantization(copy.deepcopy(model), _spec(mode=mode), task_data(), StageContext())
+    got = {s.name: s for s in Q.describe(qm)}
+    twin = {s.name: s for s in _layers.describe(Q.dequantized_model(qm))}
+    qw = Q.quantized_weights(qm)
+    assert set(got) == set(twin) and qw
+    for name, row in got.items():
+        want_nonzero = int(np.count_nonzero(qw[name].dequantize())) if name in qw else twin[name].nonzero
+        assert (row.shape, row.params, row.nonzero) == (twin[name].shape, twin[name].params, want_nonzero), name
+        assert row.bits == (qw[name].bits if name in qw else 32)
+
+
 def _spec_for(field: str, value: str) -> QuantizationSpec:
     if field == "mode":
         return _spec(mode=value)

@@ -236,7 +236,6 @@ def _float_ops(fb: Any, subgraph: int, restored: set) -> None:
     g.operators = kept
 
 
-
 @dataclass(frozen=True)
 class StaticInt8:
     """What the TFLite full-int8 export of a static model needs: the float model it was made from, the

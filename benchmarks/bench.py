@@ -282,8 +282,8 @@ def run_one(backend: str, scenario: str, args: argparse.Namespace) -> dict:
 
 
 def run_all(args: argparse.Namespace, dry: bool = False) -> dict:
-    """Every requested (backend, scenario), then the torch native comparison; returns the results document
-    (`dry`: the document's frame only, nothing run)."""
+    """Every requested (backend, scenario), then each backend's by-hand pruning comparison; returns the
+    results document (`dry`: the document's frame only, nothing run)."""
     rows = []
     for backend in ([] if dry else args.backends):
         for scenario in args.scenarios:
@@ -345,14 +345,14 @@ def markdown(doc: dict) -> str:
                      _overhead_cell(r.get("overhead"))))
     out.append(markdown_table(("backend", "scenario", "status", "accuracy (ORT)", "parameters", "ONNX MB",
                                "latency b1 ms", "latency b32 ms", "compress s", "peak MB", "vs direct call"), rows))
-    native = native_comparisons(doc)
+    native = doc.get("native_comparisons") or {}
     ok = {b: r["native_comparison"] for b, r in native.items() if r.get("status") == "ok"}
     if ok:
         out += ["", "## unicompress against each framework's own pruning call made by hand", "",
                 markdown_table(("backend", "spec", "called by hand", "layers", "by hand s (median / min)",
                                 "unicompress s (median / min)", "time ratio (median / min)", "same masks",
                                 "max |logit diff|", "describe() ms"),
-                               [(b, n["spec"], n.get("native_call", "torch.nn.utils.prune.l1_unstructured"),
+                               [(b, n["spec"], n["native_call"],
                                  str(n["layers"]), f"{n['native_s']:.4f} / {n['native_min_s']:.4f}",
                                  f"{n['unicompress_s']:.4f} / {n['unicompress_min_s']:.4f}",
                                  f"{n['time_ratio']:.3f} / {n['min_time_ratio']:.3f}", str(n["same_masks"]),
@@ -426,17 +426,8 @@ def merge_previous(doc: dict, path: Path) -> dict:
     order = {name: i for i, name in enumerate(SCENARIOS)}
     rows = sorted(kept + doc["rows"], key=lambda r: (r["backend"], order.get(r["scenario"], len(order))))
     merged = {**doc, "rows": rows}
-    merged["native_comparisons"] = {**native_comparisons(old), **native_comparisons(doc)}
+    merged["native_comparisons"] = {**(old.get("native_comparisons") or {}), **doc["native_comparisons"]}
     return merged
-
-
-def native_comparisons(doc: dict) -> dict:
-    """backend -> by-hand comparison row (results written before there was one per backend held torch's
-    under 'native_comparison')."""
-    found = dict(doc.get("native_comparisons") or {})
-    if doc.get("native_comparison") and "torch" not in found:
-        found["torch"] = doc["native_comparison"]
-    return found
 
 
 def write_results(doc: dict, out: Path) -> dict[str, Path]:
@@ -469,7 +460,7 @@ def main(argv=None) -> int:
     p.add_argument("--overhead-repeats", type=int, default=None,
                    help="repeats of one-shot timings (default 5, smoke 3)")
     p.add_argument("--native-repeats", type=int, default=None,
-                   help="repeats of the torch.nn.utils.prune comparison (default 15, smoke 3; ~1 s each)")
+                   help="repeats of the by-hand pruning comparison (default 15, smoke 3; 0.2-3 s each)")
     p.add_argument("--native-only", action="store_true",
                    help="run only the comparisons with each framework's pruning call made by hand (merged into --out)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per worker")

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "examples" / ".cache"
@@ -39,10 +39,10 @@ def checkpoint_for(backend: str = "torch") -> Path:
 DEFAULT_CHECKPOINT = checkpoint_for("torch")
 
 
-def backend_of_checkpoint(path: Path) -> Optional[str]:
-    """The backend whose fine-tuned checkpoint `path` is, or None for any other file."""
+def backend_of_checkpoint(path: Path, pattern: str = CHECKPOINT_PATTERN) -> Optional[str]:
+    """The backend whose checkpoint of `pattern` (default: the fine-tuned MiniLM's) `path` is, or None."""
     for backend in ("torch", "tensorflow", "paddle"):
-        if Path(path).resolve() == checkpoint_for(backend).resolve():
+        if Path(path).resolve() == (ROOT / pattern.format(backend=backend)).resolve():
             return backend
     return None
 
@@ -61,19 +61,19 @@ def finetune(out: Path = DEFAULT_CHECKPOINT, epochs: float = 2.0, max_length: in
 
 
 def train_and_save(zoo_name: str, data, out: Path, *, steps: int, learning_rate: float, batch_size: int,
-                   seed: int = 0, backend: str = "torch", progress: bool = True, warmup_steps: Optional[int] = None,
+                   seed: int = 0, backend: str = "torch", progress: bool = True,
                    extra: Optional[dict] = None) -> dict:
-    """Train the zoo model on `data` with `backend` (one neutral call: a one-stage finetune recipe), save
-    its weights as a zoo checkpoint at `out` and the metrics next to it (`out` with .json); returns them."""
+    """Train the zoo model on `data` with `backend` (one neutral call: a one-stage finetune recipe, warm-up
+    over the first tenth), save its weights as a zoo checkpoint at `out` and the metrics next to it (`out`
+    with .json); returns them."""
     import unicompress as uc
     from unicompress.backend import get_backend
     from unicompress.fileio import atomic_write_text
 
     adapter = get_backend(backend)
     model = adapter.build_model(zoo_name, num_labels=data.num_labels, seed=seed)
-    warmup = max(1, steps // 10) if warmup_steps is None else warmup_steps
     spec = uc.FineTuneSpec(training={"steps": steps, "learning_rate": learning_rate, "batch_size": batch_size,
-                                     "warmup_steps": warmup, "seed": seed, "log_every": 10})
+                                     "warmup_steps": max(1, steps // 10), "seed": seed, "log_every": 10})
     t0 = time.perf_counter()
     result = uc.compress(model, spec, data, backend=backend, progress=progress)
     seconds = time.perf_counter() - t0
@@ -86,16 +86,21 @@ def train_and_save(zoo_name: str, data, out: Path, *, steps: int, learning_rate:
     return info
 
 
-def ensure_checkpoint(path: Path = DEFAULT_CHECKPOINT, **kwargs) -> Path:
-    """Build the fine-tuned checkpoint at `path` unless it is already there."""
+def build_once(path: Path, what: str, build: Callable[[Path], dict]) -> Path:
+    """Run `build(path)` (which writes the checkpoint and returns its metrics) unless `path` exists."""
     path = Path(path)
     if not path.exists():
-        print(f"[finetune] {path} is missing: fine-tuning MiniLM on BBC News once with "
-              f"{kwargs.get('backend', 'torch')} (a few minutes on 2 cores)", file=sys.stderr)
-        info = finetune(path, **kwargs)
-        print(f"[finetune] test accuracy {info['accuracy_after']:.4f} after {info['steps']} steps "
+        print(f"[checkpoint] {path} is missing: {what}", file=sys.stderr)
+        info = build(path)
+        print(f"[checkpoint] test accuracy {info['accuracy_after']:.4f} after {info['steps']} steps "
               f"in {info['seconds']:.0f} s -> {path}", file=sys.stderr)
     return path
+
+
+def ensure_checkpoint(path: Path = DEFAULT_CHECKPOINT, **kwargs) -> Path:
+    """Build the fine-tuned checkpoint at `path` unless it is already there."""
+    return build_once(path, f"fine-tuning MiniLM on BBC News once with {kwargs.get('backend', 'torch')} "
+                      "(a few minutes on 2 cores)", lambda p: finetune(p, **kwargs))
 
 
 def main(argv=None) -> int:

@@ -33,35 +33,33 @@ def checkpoint_for(backend: str = "torch") -> Path:
 
 def backend_of_checkpoint(path: Path) -> Optional[str]:
     """The backend whose trained ViT checkpoint `path` is, or None for any other file."""
-    for backend in ("torch", "tensorflow", "paddle"):
-        if Path(path).resolve() == checkpoint_for(backend).resolve():
-            return backend
-    return None
+    return _finetune_minilm().backend_of_checkpoint(path, CHECKPOINT_PATTERN)
+
+
+def _finetune_minilm():
+    """The sibling script with the shared training and checkpoint helpers (examples/ is not a package)."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    import finetune_minilm
+
+    return finetune_minilm
 
 
 def train(out: Path, backend: str = "torch", steps: int = 2000, learning_rate: float = 3e-3, batch_size: int = 64,
           seed: int = 0, progress: bool = True) -> dict:
     """Train tiny-vit on MNIST-5k with `backend` and save its weights; returns the metrics."""
-    sys.path.insert(0, str(ROOT / "examples"))
-    import finetune_minilm
     from unicompress.data import load_dataset
 
     data = load_dataset("mnist-5k", batch_size=batch_size, seed=seed)
-    return finetune_minilm.train_and_save("tiny-vit", data, out, steps=steps, learning_rate=learning_rate,
+    return _finetune_minilm().train_and_save("tiny-vit", data, out, steps=steps, learning_rate=learning_rate,
                                           batch_size=batch_size, seed=seed, backend=backend, progress=progress,
                                           extra={"dataset": "mnist-5k"})
 
 
 def ensure_checkpoint(path: Path, backend: str = "torch", progress: bool = True) -> Path:
     """Build the trained ViT checkpoint at `path` unless it is already there."""
-    path = Path(path)
-    if not path.exists():
-        print(f"[train] {path} is missing: training tiny-vit on MNIST-5k once with {backend} "
-              "(under a minute on 2 cores)", file=sys.stderr)
-        info = train(path, backend=backend, progress=progress)
-        print(f"[train] test accuracy {info['accuracy_after']:.4f} after {info['steps']} steps "
-              f"in {info['seconds']:.0f} s -> {path}", file=sys.stderr)
-    return path
+    return _finetune_minilm().build_once(
+        path, f"training tiny-vit on MNIST-5k once with {backend} (under a minute on 2 cores)",
+        lambda p: train(p, backend=backend, progress=progress))
 
 
 def main(argv=None) -> int:

@@ -11,19 +11,12 @@ from unicompress.specs import QuantizationSpec
 
 from unicompress_tensorflow import layers, models, quantization
 from unicompress_tensorflow.backend import TensorFlowAdapter
+from unicompress_tensorflow_testutil import tiny_bert_task
 
 A = TensorFlowAdapter()
 Q0 = "bert.encoder.layer.0.attention.self.query"
 CFG = zoo.config_for("tiny-bert")
 X = zoo.inputs_for("tiny-bert", CFG)
-
-
-def _data():
-    def train():
-        for i in range(3):
-            x = zoo.inputs_for("tiny-bert", CFG, seed=i)
-            yield x, (x["input_ids"][:, 1] % 3).astype(np.int64)
-    return TaskData(train=train, calibration=lambda: (x for x, _ in train()), num_labels=3)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +61,7 @@ def test_weight_only_tfmot_matches_reference(bert, bits, scheme, granularity):
 def test_tflite_dynamic_int8_matches_reference(bert):
     w = layers.get_weights(bert)
     for spec in (QuantizationSpec(mode="dynamic"), QuantizationSpec(mode="dynamic", granularity="per_tensor")):
-        qm = A.apply(A.copy(bert), spec, _data())
+        qm = A.apply(A.copy(bert), spec, tiny_bert_task())
         assert isinstance(qm, quantization.TFLiteModel)
         qw = A.quantized_weights(qm)
         assert Q0 in qw and "bert.encoder.layer.1.output.dense" in qw
@@ -83,7 +76,7 @@ def test_tflite_refuses_what_it_cannot_do(bert):
                  QuantizationSpec(mode="static", calibration={"method": "percentile"}),
                  QuantizationSpec(mode="dynamic", overrides=[{"pattern": "*query", "bits": 4}])):
         with pytest.raises(quantization.QuantizationNotSupportedError):
-            A.apply(A.copy(bert), spec, _data())
+            A.apply(A.copy(bert), spec, tiny_bert_task())
 
 
 def _input_quantizers(qm) -> dict[str, list[float]]:
@@ -111,7 +104,7 @@ def test_static_int8_quantizes_the_selected_dense_inputs_only_with_min_max_range
     input of each selected Dense (no LayerNorm/softmax/GELU/residual quantization); unselected Dense layers
     (pooler, classifier) and skipped ones stay float."""
     spec = QuantizationSpec(mode="static", overrides=[{"pattern": "*.self.value", "skip": True}])
-    data = _data()
+    data = tiny_bert_task()
     qm = A.apply(A.copy(bert), spec, data)
     assert not isinstance(qm, quantization.TFLiteModel)
     expected = {n for n in quantization.selected_dense(bert, spec) if not n.endswith("self.value")}
@@ -137,7 +130,7 @@ def test_static_int8_quantizes_the_selected_dense_inputs_only_with_min_max_range
 def test_static_asymmetric_per_tensor_weights_and_symmetric_activations(bert):
     spec = QuantizationSpec(mode="static", scheme="asymmetric", granularity="per_tensor", bits=4,
                             activation_scheme="symmetric")
-    qm = A.apply(A.copy(bert), spec, _data())
+    qm = A.apply(A.copy(bert), spec, tiny_bert_task())
     w = layers.get_weights(bert)
     for name, t in A.quantized_weights(qm).items():
         _check_linear(t, w[name], 4, False, False)
@@ -160,7 +153,7 @@ def test_tfmot_quantize_model_refuses_transformer_layers_and_annotation_works(be
         quantization.tfq.quantize_model(small)
     spec = QuantizationSpec(mode="qat", training={"steps": 2, "learning_rate": 1e-4})
     ctx = StageContext()
-    qm = A.apply(A.copy(bert), spec, _data(), ctx)
+    qm = A.apply(A.copy(bert), spec, tiny_bert_task(), ctx)
     wrapped = {w.layer.name for w in qm.layers if isinstance(w, quantization.QuantizeWrapper)}
     assert "bert.encoder.layer.0.attention.output.LayerNorm" in wrapped and Q0 in wrapped
     assert len(ctx.history["loss"]) == 2

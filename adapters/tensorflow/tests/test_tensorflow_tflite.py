@@ -14,6 +14,7 @@ from unicompress.specs import QuantizationSpec
 
 from unicompress_tensorflow import export, layers, models, quantization, tflite
 from unicompress_tensorflow.backend import TensorFlowAdapter
+from unicompress_tensorflow_testutil import tiny_bert_task
 
 A = TensorFlowAdapter()
 CFG = zoo.config_for("tiny-bert")
@@ -201,15 +202,6 @@ def test_native_export_is_the_edited_flatbuffer(quantized, tmp_path):
 
 # ---- static: TFLite full-int8 native export, the selected Dense layers only ---------------------------------
 
-def _calibration_data():
-    from unicompress.backend import TaskData
-
-    def train():
-        for i in range(3):
-            x = zoo.inputs_for("tiny-bert", CFG, seed=i)
-            yield x, (x["input_ids"][:, 1] % 3).astype(np.int64)
-    return TaskData(train=train, calibration=lambda: (x for x, _ in train()), num_labels=3)
-
 
 def _input_types(flatbuffer: bytes) -> dict[str, set]:
     """{op name: set of its input tensor types} over the whole graph."""
@@ -226,7 +218,7 @@ def _input_types(flatbuffer: bytes) -> dict[str, set]:
 @pytest.fixture(scope="module")
 def static(bert):
     spec = QuantizationSpec(mode="static", overrides=[{"pattern": "*.self.value", "skip": True}])
-    return spec, A.apply(A.copy(bert), spec, _calibration_data())
+    return spec, A.apply(A.copy(bert), spec, tiny_bert_task())
 
 
 def test_static_native_export_is_int8_for_the_selected_dense_layers_only(bert, static, tmp_path):
@@ -263,7 +255,7 @@ def test_static_native_export_is_int8_for_the_selected_dense_layers_only(bert, s
     scale, zero = details[fc["inputs"][0]]["quantization"]
     probe = layers.keras.Model(bert.input, bert.get_layer("bert.encoder.layer.0.attention.self.query").input)
     seen = np.concatenate([probe(layers.to_tensors(bert, x), training=False).numpy().ravel()
-                           for x in _calibration_data().calibration()])
+                           for x in tiny_bert_task().calibration()])
     np.testing.assert_allclose(scale * 255, max(seen.max(), 0) - min(seen.min(), 0), rtol=1e-2)
     # it runs, close to the float model and to the TFMOT model it stands for
     x = zoo.inputs_for("tiny-bert", CFG, seed=5)
@@ -277,7 +269,7 @@ def test_plain_full_int8_conversion_quantizes_softmax_layernorm_and_gelu(bert):
     quantizes every op it can, whatever the spec selected."""
     import tensorflow as tf
 
-    batches = list(_calibration_data().calibration())
+    batches = list(tiny_bert_task().calibration())
     order = [t.name.split(":")[0] for t in bert.inputs]
     converter = tf.lite.TFLiteConverter.from_keras_model(bert)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -293,13 +285,13 @@ def test_static_specs_tflite_cannot_run_keep_the_fake_quant_export(bert):
     assert tflite.tflite_int8_problems(QuantizationSpec(mode="static", activation_scheme="symmetric"))
     assert not tflite.tflite_int8_problems(QuantizationSpec(mode="static", granularity="per_tensor"))
     qm = quantization.tfmot_static(layers.copy_model(bert), QuantizationSpec(mode="static", bits=4),
-                                   _calibration_data())
+                                   tiny_bert_task())
     assert tflite.static_int8_flatbuffer(qm) is None
 
 
 def test_static_int8_export_per_tensor(bert):
     """granularity per_tensor: TFLite's quantizer with per-channel off gives one scale per kernel."""
-    flatbuffer = tflite.tflite_full_int8(bert, list(_calibration_data().calibration()),
+    flatbuffer = tflite.tflite_full_int8(bert, list(tiny_bert_task().calibration()),
                                                ["bert.encoder.layer.0.attention.self.query"], per_channel=False)
     qw = tflite.TFLiteModel(flatbuffer, bert, "static").quantized_weights()
     t = qw["bert.encoder.layer.0.attention.self.query"]

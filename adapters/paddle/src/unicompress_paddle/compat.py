@@ -122,6 +122,8 @@ def fixed_unstructured_pruner_class(gmp: bool = False):
     """
     import numpy as np
 
+    from .layers import host_view  # here, not at the top: layers imports this module
+
     paddleslim()
     from paddleslim import GMPUnstructuredPruner, UnstructuredPruner
     from paddleslim.prune.unstructured_pruner_utils import cal_mxn_avg_matrix
@@ -140,8 +142,6 @@ def fixed_unstructured_pruner_class(gmp: bool = False):
         def _score(self, param):
             # mean |w| (L1 / size) or mean w^2 (L2^2 / size) of each block; PaddleSlim takes |mean(w)|,
             # where opposite signs cancel
-            from .layers import host_view  # local: layers imports this module
-
             w = host_view(param)  # read only: np.abs / ** 2 make the new array
             w = np.abs(w) if self.block_norm == "l1" else w.astype(np.float64) ** 2
             if list(self.sparse_block) == [1, 1]:  # PaddleSlim's helper would deep-copy the scores
@@ -150,9 +150,11 @@ def fixed_unstructured_pruner_class(gmp: bool = False):
 
         def update_threshold(self):
             scores = [(p.name, self._score(p).ravel()) for p in self._pruned_params()]
-            # the k-th smallest score; np.partition finds it in linear time (np.sort: n log n)
-            kth = lambda v: np.partition(v, max(0, round(self.ratio * v.size) - 1))[  # noqa: E731
-                max(0, round(self.ratio * v.size) - 1)].item()
+
+            def kth(v):  # the k-th smallest score; np.partition finds it in linear time (np.sort: n log n)
+                k = max(0, round(self.ratio * v.size) - 1)
+                return np.partition(v, k)[k].item()
+
             if self.local_sparsity:
                 self.thresholds.update({name: kth(v) for name, v in scores})
             elif scores:
@@ -176,7 +178,7 @@ def fixed_unstructured_pruner_class(gmp: bool = False):
 
         def set_static_masks(self):
             for param in self._pruned_params():
-                self.masks.get(param.name).set_value((param.numpy() != 0).astype(np.float32))
+                self.masks.get(param.name).set_value((host_view(param) != 0).astype(np.float32))
 
         def detach(self) -> None:
             """Write the masked values into the weights, then remove the pruner's hooks and mask buffers

@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .backend.adapter import Adapter, StageContext
+from .backend.plan import StagePlan
 from .backend.registry import resolve_backend
-from .backend.types import Inputs, TaskData
-from .errors import (CapabilityError, LayerSelectionError, MissingDataError, ModelNotSupportedError, Problem,
-                     StageError, UnicompressError)
-from .recipe_io import load_recipe
-from .report import CompressionReport, StageReport
+from .backend.types import Inputs, TaskData, TransformerStructure
+from .errors import (CapabilityError, JudgeError, MissingDataError, ModelNotSupportedError, Problem, StageError,
+                     UnicompressError)
+from .judge import before_stage, judge_stage
+from .planner import plan_stage, resolve_structure
+from .recipe_io import load_recipe, validate_data
+from .record import reproducibility_record
+from .report import CompressionReport, StageReport, plan_summary
 from .specs import (DistillationSpec, ExportFormat, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec,
-                    QuantMode, Recipe)
+                    QuantMode, Recipe, StructureDeclaration)
 from .specs.base import SpecModel
 
 RecipeLike = Union[Recipe, SpecModel, Sequence[SpecModel], dict, str, Path]
@@ -52,8 +56,10 @@ def as_recipe(recipe: RecipeLike) -> Recipe:
     return load_recipe(recipe)
 
 
-def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[TaskData]) -> None:
-    """Everything that can be refused before the model is touched: capabilities, data, layer selection."""
+def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[TaskData],
+               structure: Optional[TransformerStructure] = None) -> list[StagePlan]:
+    """Everything that can be refused before the model is touched: capabilities, data, and each stage's plan
+    (layer selection, structure, shapes: `unicompress.planner`). Returns the plans on the input model."""
     caps = adapter.capabilities()
     problems: list[Problem] = []
     for i, stage in enumerate(recipe.stages):
@@ -68,13 +74,7 @@ def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[Task
                if need and not _has(data, need)]
     if missing:
         raise MissingDataError("; ".join(missing) + ". Pass data=TaskData(train=..., calibration=...).")
-    layers = adapter.layers(model)
-    for i, stage in enumerate(recipe.stages):
-        selector = getattr(stage, "selector", None)
-        if selector is not None and not selector.select(layers):
-            shown = ", ".join(f"{layer.name} ({layer.role.value})" for layer in layers[:8])
-            raise LayerSelectionError(f"stages[{i}].selector matches no layer of this model; "
-                                      f"its layers include: {shown}{' ...' if len(layers) > 8 else ''}")
+    return [plan_stage(adapter, model, stage, i, structure) for i, stage in enumerate(recipe.stages)]
 
 
 def _distributed_problems(index: int, stage: Any, caps: Any) -> list[Problem]:
@@ -125,12 +125,16 @@ def _progress(enabled: bool):
 
 def compress(model: Any, recipe: RecipeLike, data: Optional[TaskData] = None, *, backend: Optional[str] = None,
              teacher: Any = None, evaluate: Optional[Evaluate] = None, inplace: bool = False,
-             progress: bool = True, export_example: Optional[Inputs] = None) -> CompressionResult:
+             progress: bool = True, export_example: Optional[Inputs] = None,
+             structure: Union[StructureDeclaration, dict, None] = None, judge: bool = True) -> CompressionResult:
     """Run a recipe's stages on a copy of `model` and return the compressed model with its report.
 
-    Nothing is touched until the backend's capabilities, the data and the layer selection are
-    checked; stages then run on a copy, so a failing stage leaves `model` unchanged
-    (unless `inplace=True`, which skips the copy and gives up that guarantee).
+    Nothing is touched until the backend's capabilities, the data and every stage's plan (which layers,
+    heads and FFN pairs; `unicompress.planner`) are checked; stages then run on a copy, so a failing stage
+    leaves `model` unchanged (unless `inplace=True`, which skips the copy and gives up that guarantee).
+    After each stage the judge (`unicompress.judge`) checks the spec's post-conditions on the result and
+    raises JudgeError when one fails (`judge=False` skips it). `structure` declares where heads and FFN
+    pairs are when discovery cannot know it (the recipe's ``structure:`` otherwise).
 
     Example::
 
@@ -142,18 +146,25 @@ def compress(model: Any, recipe: RecipeLike, data: Optional[TaskData] = None, *,
     if not adapter.is_model(model):
         raise ModelNotSupportedError(f"backend {adapter.name!r} cannot take a {type(model).__module__}."
                                      f"{type(model).__qualname__}; use backend: auto or the matching backend")
-    check_plan(adapter, model, recipe, data)
+    declared = validate_data(structure, StructureDeclaration) if isinstance(structure, dict) else \
+        structure if structure is not None else recipe.structure
+    found = resolve_structure(adapter, model, declared)
+    check_plan(adapter, model, recipe, data, found)
 
+    record = reproducibility_record(adapter, recipe, adapter.weights(model), data)
     metrics_before = _metrics(adapter, model, evaluate, data) if recipe.evaluate else {}
     layers_before = adapter.describe(model)
+    probe = _probe_inputs(data, export_example) if judge else None
     working = model if inplace else adapter.copy(model)
     bar_factory = _progress(progress)
     stage_reports = []
     stats = layers_before
     for i, stage in enumerate(recipe.stages):
-        ctx = StageContext(progress=bar_factory, stage_index=i)
+        plan = plan_stage(adapter, working, stage, i, resolve_structure(adapter, working, declared))
+        ctx = StageContext(progress=bar_factory, stage_index=i, plan=plan)
         if isinstance(stage, DistillationSpec):
             ctx.teacher = teacher if teacher is not None else adapter.copy(working)
+        snapshot = before_stage(adapter, working, stage, probe) if judge else None
         t0 = time.perf_counter()
         try:
             working = adapter.apply(working, stage, data, ctx)
@@ -161,18 +172,39 @@ def compress(model: Any, recipe: RecipeLike, data: Optional[TaskData] = None, *,
             raise
         except Exception as exc:
             raise StageError(i, stage.technique, exc) from exc
+        seconds = time.perf_counter() - t0
         stats = adapter.describe(working)
-        stage_reports.append(StageReport(i, stage.technique, time.perf_counter() - t0, ctx.history,
+        checks = judge_stage(adapter, working, stage, plan, snapshot, stats, probe) if judge else []
+        if any(c.passed is False for c in checks):
+            raise JudgeError(i, stage.technique, checks)
+        stage_reports.append(StageReport(i, stage.technique, seconds, ctx.history,
                                          params=sum(s.params for s in stats), nonzero=sum(s.nonzero for s in stats),
-                                         nbytes=sum(s.nbytes for s in stats)))
+                                         nbytes=sum(s.nbytes for s in stats),
+                                         checks=[c.to_dict() for c in checks], plan=plan_summary(plan)))
 
     exports = _export(adapter, working, recipe, data, export_example)
     report = CompressionReport(recipe=recipe.name, backend=adapter.name, layers_before=layers_before,
                                layers_after=stats, stages=stage_reports,  # the last stage's describe()
                                metrics_before=metrics_before,
                                metrics_after=_metrics(adapter, working, evaluate, data) if recipe.evaluate else {},
-                               exports={k: str(v) for k, v in exports.items()})
+                               exports={k: str(v) for k, v in exports.items()},
+                               structure=found.summary() if found is not None else "no Transformer structure found",
+                               record=record)
     return CompressionResult(working, report, adapter.name, exports)
+
+
+_PROBE_ROWS = 4  # inputs the judge runs before and after each stage
+
+
+def _probe_inputs(data: Optional[TaskData], given: Optional[Inputs]) -> Optional[Inputs]:
+    """A few example inputs for the judge (the first rows of the first batch), or None when there are none."""
+    try:
+        x = _example_inputs(data, given)
+    except (MissingDataError, StopIteration):
+        return None
+    if isinstance(x, dict):
+        return {k: v[:_PROBE_ROWS] for k, v in x.items()}
+    return x[:_PROBE_ROWS]
 
 
 def _example_inputs(data: Optional[TaskData], given: Optional[Inputs]) -> Inputs:
@@ -205,8 +237,6 @@ def _spec(cls: type, spec: Optional[SpecModel], fields: dict) -> SpecModel:
         raise TypeError("give a spec or keyword fields, not both")
     if spec is not None:
         return spec
-    from .recipe_io import validate_data
-
     return validate_data({"technique": cls.model_fields["technique"].default, **fields}, cls)
 
 

@@ -89,3 +89,25 @@ class MissingDataError(UnicompressError, ValueError):
 
 class LayerSelectionError(UnicompressError, ValueError):
     """A spec's selector matches no layer of the model. Raised before the model is touched."""
+
+
+class StructureError(UnicompressError, ValueError):
+    """A spec needs Transformer structure (heads, FFN pairs, blocks) the model does not show, or a declared
+    structure does not fit the model. Raised before the model is touched; the message says what was found,
+    what is missing and how to declare it."""
+
+
+class JudgeError(UnicompressError):
+    """A stage ran but its result does not meet the spec's post-conditions (the per-run judge).
+
+    `checks` holds every check of that stage with its figure. The input model was not modified."""
+
+    def __init__(self, stage_index: int, technique: str, checks: Sequence[object]):
+        self.stage_index = stage_index
+        self.technique = technique
+        self.checks = list(checks)
+        failed = [c for c in self.checks if not getattr(c, "passed", True)]
+        lines = [f"stage {stage_index} ({technique}) did not do what its spec says; the input model was not "
+                 f"modified. {len(failed)} of {len(self.checks)} check(s) failed:"]
+        lines += [f"  - {c}" for c in failed]
+        super().__init__("\n".join(lines))

@@ -21,6 +21,14 @@ class StageReport:
     params: int = 0
     nonzero: int = 0
     nbytes: float = 0.0
+    checks: list[dict[str, Any]] = field(default_factory=list)  # the judge's checks (unicompress.judge.Check)
+    plan: dict[str, Any] = field(default_factory=dict)  # what the planner chose (plan_summary)
+
+
+def plan_summary(plan: Any) -> dict[str, Any]:
+    """The report's view of a StagePlan: counts, the layers left alone and why, notes."""
+    return {"selected": len(plan.selected), "attention_blocks": len(plan.attention), "ffn_pairs": len(plan.ffn),
+            "rows": list(plan.rows), "skipped": [list(s) for s in plan.skipped], "notes": list(plan.notes)}
 
 
 @dataclass
@@ -52,6 +60,8 @@ class CompressionReport:
     metrics_before: dict[str, float] = field(default_factory=dict)
     metrics_after: dict[str, float] = field(default_factory=dict)
     exports: dict[str, str] = field(default_factory=dict)
+    structure: str = ""  # what structure discovery (or the declaration) found
+    record: dict[str, Any] = field(default_factory=dict)  # the reproducibility record (unicompress.record)
 
     @property
     def before(self) -> Totals:
@@ -91,9 +101,57 @@ class CompressionReport:
         if layers and self.layers_after:
             out += ["", "## Layers after compression", "",
                     markdown_table(("layer", "shape", "params", "sparsity", "bits"), self.layer_rows())]
+        out += self._plan_markdown() + self._checks_markdown() + self._record_markdown()
         if self.exports:
             out += ["", "## Files", ""] + [f"- {k}: `{v}`" for k, v in self.exports.items()]
         return "\n".join(out) + "\n"
+
+    def check_rows(self) -> list[tuple[str, str, str, str]]:
+        """(stage, check, result, figure) of every judge check."""
+        mark = {True: "ok", False: "FAILED", None: "not checked"}
+        return [(f"{s.index} {s.technique}", c["name"], mark[c["passed"]], c["figure"])
+                for s in self.stages for c in s.checks]
+
+    def _checks_markdown(self) -> list[str]:
+        rows = self.check_rows()
+        if not rows:
+            return []
+        return ["", "## Checks (the per-run judge)", "", markdown_table(("stage", "check", "result", "figure"), rows)]
+
+    def _plan_markdown(self) -> list[str]:
+        out = ["", "## Plan", "", f"Structure: {self.structure or 'not reported'}", ""]
+        for s in self.stages:
+            p = s.plan
+            if not p:
+                continue
+            parts = [f"{p['selected']} layer(s)"]
+            if p["attention_blocks"]:
+                parts.append(f"{p['attention_blocks']} attention block(s)")
+            if p["ffn_pairs"]:
+                parts.append(f"{p['ffn_pairs']} FFN pair(s)")
+            out.append(f"- stage {s.index} {s.technique}: " + ", ".join(parts))
+            out += [f"  - left alone: `{name}`: {why}" for name, why in p["skipped"][:20]]
+            if len(p["skipped"]) > 20:
+                out.append(f"  - ... and {len(p['skipped']) - 20} more")
+            out += [f"  - note: {n}" for n in p["notes"]]
+        return out
+
+    def _record_markdown(self) -> list[str]:
+        r = self.record
+        if not r:
+            return []
+        versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+        m = r["machine"]
+        data = "; ".join(f"{k} {v['sha256_first_batches'][:12]} ({v['batches_hashed']} batches)"
+                         if "sha256_first_batches" in v else f"{k} unreadable ({v['error']})"
+                         for k, v in r["data"].items() if isinstance(v, dict)) or "none"
+        return ["", "## Reproducibility", "",
+                f"- versions: {versions}",
+                f"- recipe sha256: `{r['recipe_sha256']}`; seeds: {r['seeds'] or 'none'}",
+                f"- input weights sha256: `{r['input_weights_sha256']}` ({r['input_weights_layers']} layers)",
+                f"- data fingerprint: {data}",
+                f"- machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags']) or '-'}, "
+                f"{m['platform']}{', env ' + str(m['env']) if m['env'] else ''}"]
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "backend": self.backend,
@@ -102,7 +160,8 @@ class CompressionReport:
                 "metrics_before": self.metrics_before, "metrics_after": self.metrics_after,
                 "stages": [asdict(s) for s in self.stages],
                 "layers_after": [asdict(layer) | {"sparsity": layer.sparsity} for layer in self.layers_after],
-                "exports": self.exports}
+                "exports": self.exports, "structure": self.structure,
+                "checks": [dict(c, stage=s.index) for s in self.stages for c in s.checks], "record": self.record}
 
     def save(self, directory: Path | str, plot: bool = True) -> dict[str, Path]:
         """Write report.md, report.json and (if matplotlib is installed) report.png atomically."""

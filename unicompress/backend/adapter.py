@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import MissingFrameworkError, Problem
 from ..specs import TrainingSpec
 from .capabilities import Capabilities
+from .plan import StagePlan
 from .types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TaskData, TransformerStructure
 
 
@@ -33,6 +34,7 @@ class StageContext:
     progress: Optional[Callable[[str, int], Any]] = None  # (description, total) -> tqdm-like bar
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     stage_index: int = 0
+    plan: Optional[StagePlan] = None  # what the core decided this stage touches (filled by `Adapter.apply`)
 
     def log(self, series: str, step: int, value: float) -> None:
         """Record one point of a series."""
@@ -71,6 +73,9 @@ class Adapter(abc.ABC):
     requirements: ClassVar[tuple[str, ...]] = ()
     #: top-level modules whose objects this backend owns (used by is_model without importing)
     framework_modules: ClassVar[tuple[str, ...]] = ()
+    #: layer kinds (`LayerInfo.kind`) whose weights this backend prunes and quantizes; a selected layer of
+    #: another kind is refused before work (or skipped and reported, with `selector.allow_partial`)
+    weight_kinds: ClassVar[frozenset[str]] = frozenset({"linear", "packed_qkv"})
 
     # ---- pure data: works without the framework -------------------------------------------
     @abc.abstractmethod
@@ -111,10 +116,15 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def layers(self, model: Any) -> list[LayerInfo]:
-        """Every compressible layer with its role; names are stable and dotted."""
+        """Every compressible layer with its role; names are stable and dotted.
+
+        Roles must be those of ``unicompress.structure.assign_roles(raw_layers, self.structure(model))``:
+        the structure decides, names are the fallback.
+        """
 
     def structure(self, model: Any) -> Optional[TransformerStructure]:
-        """Where attention heads and FFN pairs are, or None for a model that is no Transformer."""
+        """Where attention heads and FFN pairs are (from layer types and the model's config), or None for a
+        model that is no Transformer."""
         return None
 
     @abc.abstractmethod
@@ -151,12 +161,18 @@ class Adapter(abc.ABC):
               ctx: Optional[StageContext] = None) -> Any:
         """Apply one spec with the native toolkit; returns the (possibly new) model object.
 
-        The core has already checked the capabilities and copied the model.
+        The core has already checked the capabilities and copied the model. `ctx.plan` holds what the
+        stage touches; when the caller gave none (a direct call), the core's planner makes it here, so
+        every call path executes one plan.
         """
         handler = self.handlers().get(type(spec))
         if handler is None:
             raise TypeError(f"{self.name} has no handler for {type(spec).__name__}")
-        return handler(model, spec, data, ctx or StageContext())
+        ctx = ctx or StageContext()
+        if ctx.plan is None:
+            from ..planner import plan_stage  # local: the planner imports this module's types
+            ctx.plan = plan_stage(self, model, spec, ctx.stage_index)
+        return handler(model, spec, data, ctx)
 
     def evaluate(self, model: Any, batches) -> dict[str, float]:
         """Accuracy over (inputs, labels) batches, computed on `run` outputs."""

@@ -25,7 +25,15 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class AttentionInfo:
-    """Where one self-attention block's projections are, and how many heads it has."""
+    """Where one attention block's projections are, and how many heads it has.
+
+    Packed projections (`nn.MultiheadAttention.in_proj`, GPT-2's ``c_attn``) name one layer as query,
+    key and value at once: its neutral [out, in] weight stacks the rows q | k | v (`packed`).
+    `num_kv_heads` is the number of key/value heads of grouped-query attention (Llama-family), None when
+    every head has its own K and V. `kind` is "self" or "cross" (decoder attending to the encoder).
+    `removable` says whether the backend can physically remove heads of this block; `note` says why not,
+    or what else a user should know (e.g. ALBERT: one set of weights shared by every block).
+    """
 
     block: int
     query: str
@@ -34,20 +42,58 @@ class AttentionInfo:
     output: str
     num_heads: int
     head_dim: int
+    num_kv_heads: Optional[int] = None
+    kind: str = "self"
+    removable: bool = True
+    note: str = ""
+
+    @property
+    def packed(self) -> bool:
+        """Whether Q, K and V are one packed layer (rows q | k | v)."""
+        return self.query == self.key == self.value
+
+    @property
+    def kv_heads(self) -> int:
+        """Heads of K and V (fewer than `num_heads` under grouped-query attention)."""
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The distinct layer names of this block, Q/K/V first, the output last."""
+        return tuple(dict.fromkeys((self.query, self.key, self.value, self.output)))
 
 
 @dataclass(frozen=True)
 class FFNInfo:
-    """One feed-forward pair: `ffn_in` widens to the intermediate size, `ffn_out` narrows back."""
+    """One feed-forward pair: `ffn_in` widens to the intermediate size, `ffn_out` narrows back.
+
+    Gated FFNs (Llama's SwiGLU, T5 v1.1's gated GELU) have a `gate` layer whose rows are the same
+    neurons as `ffn_in`'s: a pruned neuron loses its row in both and its column of `ffn_out`.
+    """
 
     block: int
     ffn_in: str
     ffn_out: str
+    gate: Optional[str] = None
+    removable: bool = True
+    note: str = ""
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(n for n in (self.ffn_in, self.gate, self.ffn_out) if n)
 
 
 @dataclass(frozen=True)
 class TransformerStructure:
-    """The neutral description of a Transformer: declared once, filled by each adapter."""
+    """The neutral description of a Transformer: declared once, filled by each adapter (or the user).
+
+    Blocks are numbered in model order across the whole model (an encoder's blocks, then a decoder's).
+    `classifier` is the final task head (never quantized or pruned by the default selector), `pooler`
+    any other layer of the head (BERT's pooler, RoBERTa's ``classifier.dense``). `shared_blocks` is True
+    when blocks reuse one set of weights (ALBERT): pruning one block prunes them all. `source` says how
+    it was found: "discovered" (from layer types and the model's config), "names" (the name fallback)
+    or "declared" (the recipe's `structure:`). `architecture` names what was recognised.
+    """
 
     hidden_size: int
     num_layers: int
@@ -55,6 +101,18 @@ class TransformerStructure:
     ffn: tuple[FFNInfo, ...] = ()
     classifier: Optional[str] = None
     embeddings: tuple[str, ...] = ()
+    pooler: tuple[str, ...] = ()
+    shared_blocks: bool = False
+    source: str = "discovered"
+    architecture: str = ""
+
+    def summary(self) -> str:
+        """One line: what was found (for errors and reports)."""
+        kinds = sorted({a.kind for a in self.attention})
+        heads = sorted({a.num_heads for a in self.attention})
+        return (f"{self.architecture or 'transformer'} ({self.source}): {len(self.attention)} attention block(s) "
+                f"[{', '.join(kinds) or '-'}; heads {', '.join(map(str, heads)) or '-'}], {len(self.ffn)} FFN "
+                f"pair(s), classifier {self.classifier or 'none'}, hidden {self.hidden_size}")
 
 
 @dataclass(frozen=True)

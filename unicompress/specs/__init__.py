@@ -8,6 +8,7 @@ from .quantization import (CalibrationMethod, CalibrationSpec, LayerOverride, Ma
                            QuantizationSpec, QuantMode, Scheme)
 from .recipe import STAGE_TYPES, DataSource, ExportFormat, ExportSpec, ModelSource, Recipe, Stage
 from .selector import DEFAULT_ROLES, LayerRole, LayerSelector
+from .structure import AttentionDeclaration, FFNDeclaration, StructureDeclaration
 from .training import DistributedStrategy, Optimizer, TrainingSpec
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "CalibrationMethod", "CalibrationSpec", "LayerOverride", "Mapping", "QuantGranularity", "QuantizationSpec",
     "QuantMode", "Scheme", "STAGE_TYPES", "DataSource", "ExportFormat", "ExportSpec", "ModelSource", "Recipe",
     "Stage", "DEFAULT_ROLES", "LayerRole", "LayerSelector", "DistributedStrategy", "Optimizer", "TrainingSpec",
+    "AttentionDeclaration", "FFNDeclaration", "StructureDeclaration",
 ]

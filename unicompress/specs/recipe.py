@@ -12,6 +12,7 @@ from .finetune import FineTuneSpec
 from .lowrank import LowRankSpec
 from .pruning import PruningSpec
 from .quantization import QuantizationSpec
+from .structure import StructureDeclaration
 
 Stage = Annotated[Union[PruningSpec, QuantizationSpec, DistillationSpec, LowRankSpec, FineTuneSpec],
                   Field(discriminator="technique")]
@@ -97,6 +98,8 @@ class Recipe(SpecModel):
     data: Optional[DataSource] = None
     stages: list[Stage] = Field(..., min_length=1)
     export: Optional[ExportSpec] = None
+    structure: Optional[StructureDeclaration] = Field(
+        None, description="where the model's attention heads and FFN pairs are, when discovery cannot know it")
     evaluate: bool = True
     seed: int = Field(0, ge=0)
 

@@ -16,8 +16,10 @@ class LayerRole(str, Enum):
     query = "query"
     key = "key"
     value = "value"
+    qkv = "qkv"  # one packed Q/K/V projection (nn.MultiheadAttention in_proj, GPT-2 c_attn)
     attention_output = "attention_output"
     ffn_in = "ffn_in"
+    ffn_gate = "ffn_gate"  # the gate of a gated FFN (SwiGLU): same neurons as ffn_in
     ffn_out = "ffn_out"
     embedding = "embedding"
     classifier = "classifier"
@@ -27,8 +29,8 @@ class LayerRole(str, Enum):
 
 #: Roles touched when a selector names none: every Linear/Dense of the encoder, but not the
 #: embeddings (tiny compute, large accuracy cost) nor the classifier head or pooler.
-DEFAULT_ROLES: tuple[LayerRole, ...] = (LayerRole.query, LayerRole.key, LayerRole.value,
-                                        LayerRole.attention_output, LayerRole.ffn_in,
+DEFAULT_ROLES: tuple[LayerRole, ...] = (LayerRole.query, LayerRole.key, LayerRole.value, LayerRole.qkv,
+                                        LayerRole.attention_output, LayerRole.ffn_in, LayerRole.ffn_gate,
                                         LayerRole.ffn_out, LayerRole.other)
 
 
@@ -44,6 +46,9 @@ class LayerSelector(SpecModel):
     roles: list[LayerRole] = Field(default_factory=lambda: list(DEFAULT_ROLES),
                                    description="layer roles to include; default skips embeddings, "
                                                "pooler and classifier head")
+    allow_partial: bool = Field(False, description="when some selected layers cannot take the spec (a layer "
+                                "kind the backend cannot change, a block outside any attention/FFN), "
+                                "compress the others and list the rest in the report instead of refusing")
 
     def matches(self, name: str, role: LayerRole | str) -> bool:
         """True when a layer of this name and role is selected.

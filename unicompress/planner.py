@@ -1,0 +1,234 @@
+"""The planner: what each stage touches, decided once in the core for every backend.
+
+From a spec, the model's layers (names, kinds, shapes) and its structure, `plan_stage` resolves
+  - the layers a selector chooses (roles from `unicompress.structure.assign_roles`),
+  - for head pruning the attention blocks, for neuron pruning the FFN pairs and lone Linears,
+  - per-layer quantization settings under the one override rule (`layer_settings`),
+and refuses, before any work and the same way on every backend, what cannot be honoured on this model:
+a structural spec on a model without a known structure, removal of blocks the backend cannot shrink,
+N:M groups that do not tile a layer, blocks larger than a layer, head sparsity that leaves no head, and
+selected layers of kinds the backend cannot change (unless `selector.allow_partial`).
+
+Example::
+
+    plan = plan_stage(adapter, model, PruningSpec(granularity="head", sparsity=0.5))
+    [a.block for a in plan.attention]
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from .backend.plan import StagePlan
+from .backend.types import LayerInfo, TransformerStructure
+from .errors import LayerSelectionError, Problem, SpecValidationError, StructureError
+from .specs import (DistillationSpec, FineTuneSpec, Granularity, LowRankSpec, PruningSpec, QuantizationSpec,
+                    StructureDeclaration)
+from .specs.selector import LayerRole
+from .structure import assign_roles, declared_structure
+
+_DECLARE_HINT = ("declare it in the recipe, e.g.\n    structure:\n      num_heads: 12\n      roles: {\"*.attn.q\": query, "
+                 "\"*.attn.k\": key, \"*.attn.v\": value, \"*.attn.o\": attention_output, \"*.mlp.fc1\": ffn_in, "
+                 "\"*.mlp.fc2\": ffn_out}\n  (or pass compress(..., structure=StructureDeclaration(...)))")
+
+
+def resolve_structure(adapter: Any, model: Any,
+                      declared: Optional[StructureDeclaration] = None) -> Optional[TransformerStructure]:
+    """The structure stages use: the declared one (checked against the model) or the discovered one."""
+    discovered = adapter.structure(model)
+    if declared is None:
+        return discovered
+    return declared_structure(declared, adapter.layers(model), discovered)
+
+
+def layer_settings(spec: QuantizationSpec, name: str) -> dict[str, Any]:
+    """The quantization settings of one layer under the override rule.
+
+    The rule: every override whose pattern matches the layer applies, in the order written, each one's
+    given fields replacing the earlier value (so later overrides win field by field); `skip` from any
+    matching override keeps the layer float. Returns ``{"skip", "bits", "granularity", "scheme"}``.
+    Example: overrides ``[{pattern: "*", bits: 4}, {pattern: "*.key", bits: 8}]`` give ``*.key`` 8 bits.
+    """
+    import fnmatch
+
+    out: dict[str, Any] = {"skip": False, "bits": spec.bits, "granularity": spec.granularity, "scheme": spec.scheme}
+    for o in spec.overrides:
+        if not fnmatch.fnmatchcase(name, o.pattern):
+            continue
+        out["skip"] = out["skip"] or o.skip
+        for key in ("bits", "granularity", "scheme"):
+            if getattr(o, key) is not None:
+                out[key] = getattr(o, key)
+    return out
+
+
+def plan_stage(adapter: Any, model: Any, spec: Any, index: int = 0,
+               structure: Optional[TransformerStructure] = None) -> StagePlan:
+    """Resolve what `spec` touches on `model` (see the module docstring); raise before work if it cannot.
+
+    `structure` overrides discovery (a declared structure, already resolved by `resolve_structure`).
+    """
+    st = structure if structure is not None else adapter.structure(model)
+    layers = tuple(assign_roles(adapter.layers(model), st))
+    where = f"stages[{index}]"
+    selector = getattr(spec, "selector", None)
+    if selector is None or isinstance(spec, (DistillationSpec, FineTuneSpec)):
+        return StagePlan(index, spec.technique, (), layers, st)
+    chosen = [layer for layer in layers if selector.matches(layer.name, layer.role)]
+    if not chosen:
+        raise LayerSelectionError(_no_match(where, layers, st, adapter))
+    if isinstance(spec, PruningSpec):
+        return _plan_pruning(adapter, spec, index, layers, chosen, st)
+    kinds = adapter.weight_kinds
+    usable, partial = _split_kinds(chosen, kinds)
+    if isinstance(spec, QuantizationSpec):
+        settings = {layer.name: layer_settings(spec, layer.name) for layer in usable}
+        skipped_by_override = tuple((n, "override skip: kept float") for n, s in settings.items() if s["skip"])
+        selected = tuple(layer.name for layer in usable if not settings[layer.name]["skip"])
+        _refuse_partial(where, selector, partial, adapter)
+        return StagePlan(index, spec.technique, selected, layers, st, skipped=tuple(partial) + skipped_by_override)
+    if isinstance(spec, LowRankSpec):
+        _refuse_partial(where, selector, partial, adapter)
+        return StagePlan(index, spec.technique, tuple(layer.name for layer in usable), layers, st,
+                         skipped=tuple(partial))
+    return StagePlan(index, spec.technique, tuple(layer.name for layer in chosen), layers, st)
+
+
+# ---- pruning ------------------------------------------------------------------------------------------
+def _plan_pruning(adapter: Any, spec: PruningSpec, index: int, layers: Sequence[LayerInfo],
+                  chosen: list[LayerInfo], st: Optional[TransformerStructure]) -> StagePlan:
+    where = f"stages[{index}]"
+    g = spec.granularity
+    if g in (Granularity.unstructured, Granularity.n_m, Granularity.block):
+        usable, partial = _split_kinds(chosen, adapter.weight_kinds)
+        _refuse_partial(where, spec.selector, partial, adapter)
+        problems = _shape_problems(where, spec, usable)
+        if problems:
+            raise SpecValidationError(problems)
+        return StagePlan(index, spec.technique, tuple(layer.name for layer in usable), layers, st,
+                         skipped=tuple(partial))
+    if st is None or not (st.attention or st.ffn):
+        raise StructureError(
+            f"{where}: granularity {g.value!r} prunes whole {'heads' if g is Granularity.head else 'FFN neurons'}, "
+            f"but no Transformer structure was found in this model ({_found(layers)}); {_DECLARE_HINT}")
+    names = {layer.name for layer in chosen}
+    if g is Granularity.head:
+        return _plan_heads(spec, index, layers, chosen, names, st)
+    return _plan_neurons(adapter, spec, index, layers, chosen, names, st)
+
+
+def _plan_heads(spec: PruningSpec, index: int, layers: Sequence[LayerInfo], chosen: list[LayerInfo],
+                names: set, st: TransformerStructure) -> StagePlan:
+    where = f"stages[{index}]"
+    blocks = [a for a in st.attention if names & set(a.layers)]
+    if not blocks:
+        raise StructureError(f"{where}: granularity 'head' found {len(st.attention)} attention block(s) "
+                             f"({st.summary()}), but the selector chose none of their layers")
+    problems = []
+    for a in blocks:
+        k = round(spec.target_sparsity * a.num_heads)
+        if k >= a.num_heads:
+            problems.append(Problem(f"{where}.sparsity", spec.sparsity,
+                                    f"block {a.block} has {a.num_heads} heads: sparsity {spec.sparsity} removes "
+                                    f"{k}, leaving none; use sparsity < {(a.num_heads - 0.5) / a.num_heads:.3f}"))
+            break
+    if problems:
+        raise SpecValidationError(problems)
+    if spec.remove_pruned:
+        _refuse_unremovable(where, "heads", [(f"attention block {a.block} ({a.query})", a.note)
+                                             for a in blocks if not a.removable])
+    in_blocks = {n for a in blocks for n in a.layers}
+    skipped = tuple((layer.name, "not an attention projection: granularity 'head' prunes attention heads")
+                    for layer in chosen if layer.name not in in_blocks)
+    selected = tuple(layer.name for layer in layers if layer.name in in_blocks)
+    notes = (("shared blocks: one set of weights serves every block, so pruning a head prunes it everywhere",)
+             if st.shared_blocks else ())
+    return StagePlan(index, spec.technique, selected, tuple(layers), st, attention=tuple(blocks),
+                     skipped=skipped, notes=notes)
+
+
+def _plan_neurons(adapter: Any, spec: PruningSpec, index: int, layers: Sequence[LayerInfo],
+                  chosen: list[LayerInfo], names: set, st: TransformerStructure) -> StagePlan:
+    where = f"stages[{index}]"
+    pairs = tuple(f for f in st.ffn if f.ffn_in in names)
+    in_pairs = {n for f in pairs for n in f.layers}
+    in_attention = {n for a in st.attention for n in a.layers}
+    rows = tuple(layer.name for layer in chosen if layer.name not in in_pairs and layer.name not in in_attention
+                 and layer.role is LayerRole.other and layer.kind in adapter.weight_kinds)
+    if not pairs and not rows:
+        raise StructureError(f"{where}: granularity 'neuron' found {len(st.ffn)} FFN pair(s) ({st.summary()}), "
+                             f"but the selector chose no ffn_in layer of them; select role ffn_in or {_DECLARE_HINT}")
+    if spec.remove_pruned:
+        _refuse_unremovable(where, "neurons", [(f"FFN pair {f.block} ({f.ffn_in})", f.note)
+                                               for f in pairs if not f.removable])
+    skipped = tuple((layer.name, "attention projection: prune it with granularity 'head'") for layer in chosen
+                    if layer.name in in_attention) + tuple(
+        (layer.name, f"{layer.role.value} outside an FFN pair: neuron pruning takes FFN pairs and lone Linears")
+        for layer in chosen if layer.name not in in_pairs and layer.name not in in_attention
+        and layer.name not in rows)
+    notes = tuple(f"{n}: output rows zeroed, not removed (no layer is known to consume them)" for n in rows
+                  if spec.remove_pruned)
+    selected = tuple(layer.name for layer in layers if layer.name in in_pairs or layer.name in rows)
+    return StagePlan(index, spec.technique, selected, tuple(layers), st, ffn=pairs, rows=rows, skipped=skipped,
+                     notes=notes)
+
+
+def _shape_problems(where: str, spec: PruningSpec, usable: Sequence[LayerInfo]) -> list[Problem]:
+    """Refusals that depend only on the spec and the layer shapes (the same on every backend)."""
+    out = []
+    for layer in usable:
+        if len(layer.shape) != 2:
+            continue
+        rows, cols = layer.shape
+        if spec.granularity is Granularity.n_m and cols % spec.m:
+            out.append(Problem(f"{where}.m", spec.m, f"layer {layer.name} has input width {cols}, not a multiple "
+                               f"of m={spec.m}: its groups of m would not tile it; choose m dividing {cols} or "
+                               "exclude the layer"))
+        if spec.granularity is Granularity.block and (spec.block_shape[0] > rows or spec.block_shape[1] > cols):
+            out.append(Problem(f"{where}.block_shape", list(spec.block_shape), f"layer {layer.name} is "
+                               f"{rows}x{cols}: a block must fit inside it; choose a smaller block or exclude it"))
+    return out[:8]
+
+
+# ---- refusals -------------------------------------------------------------------------------------------
+def _split_kinds(chosen: Sequence[LayerInfo], kinds) -> tuple[list[LayerInfo], list[tuple[str, str]]]:
+    usable = [layer for layer in chosen if layer.kind in kinds]
+    partial = [(layer.name, f"layer kind {layer.kind!r}: this backend changes only {', '.join(sorted(kinds))}")
+               for layer in chosen if layer.kind not in kinds]
+    return usable, partial
+
+
+def _refuse_partial(where: str, selector: Any, partial: list[tuple[str, str]], adapter: Any) -> None:
+    if not partial or selector.allow_partial:
+        return
+    shown = "\n".join(f"  - {n}: {why}" for n, why in partial[:10])
+    more = f"\n  ... and {len(partial) - 10} more" if len(partial) > 10 else ""
+    raise LayerSelectionError(f"{where}.selector chooses {len(partial)} layer(s) that backend {adapter.name!r} "
+                              f"cannot change:\n{shown}{more}\nExclude them (selector.exclude / roles), or set "
+                              "selector.allow_partial: true to compress the rest and list these in the report.")
+
+
+def _refuse_unremovable(where: str, unit: str, blocks: list[tuple[str, str]]) -> None:
+    if not blocks:
+        return
+    shown = "\n".join(f"  - {b}: {note or 'the backend cannot remove them'}" for b, note in blocks[:10])
+    raise StructureError(f"{where}.remove_pruned: true, but the {unit} of {len(blocks)} selected block(s) cannot be "
+                         f"physically removed:\n{shown}\nSet remove_pruned: false to zero them (the model keeps its "
+                         "size), or exclude those blocks with the selector.")
+
+
+def _found(layers: Sequence[LayerInfo]) -> str:
+    kinds: dict[str, int] = {}
+    for layer in layers:
+        kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in kinds.items()) or "no compressible layer"
+
+
+def _no_match(where: str, layers: Sequence[LayerInfo], st: Optional[TransformerStructure], adapter: Any) -> str:
+    if not layers:
+        return (f"{where}.selector has nothing to choose from: backend {adapter.name!r} found no compressible layer "
+                "in this model (no Linear/Dense/Embedding it knows)")
+    shown = ", ".join(f"{layer.name} ({layer.role.value})" for layer in layers[:8])
+    found = st.summary() if st is not None else "no Transformer structure found"
+    return (f"{where}.selector matches no layer of this model; its layers include: {shown}"
+            f"{' ...' if len(layers) > 8 else ''} [{found}]")
+

@@ -48,7 +48,7 @@ def test_case_rows_come_from_the_spec():
 
 def test_cases_for_row_puts_the_simplest_first():
     found = cases_for_row(("quantization", "overrides", "true"))
-    assert [c.id for c in found] == ["quantization/overrides-mixed"]
+    assert [c.id for c in found] == ["quantization/overrides-mixed", "quantization/overrides-overlapping"]
     nm = cases_for_row(("pruning", "granularity", "n_m"))
     assert nm and all(("pruning", "granularity", "n_m") in c.exercises for c in nm)
 

@@ -85,7 +85,8 @@ def plan_stage(adapter: Any, model: Any, spec: Any, index: int = 0,
         skipped_by_override = tuple((n, "override skip: kept float") for n, s in settings.items() if s["skip"])
         selected = tuple(layer.name for layer in usable if not settings[layer.name]["skip"])
         _refuse_partial(where, selector, partial, adapter)
-        return StagePlan(index, spec.technique, selected, layers, st, skipped=tuple(partial) + skipped_by_override)
+        return StagePlan(index, spec.technique, selected, layers, st, skipped=tuple(partial) + skipped_by_override,
+                         settings={n: settings[n] for n in selected})
     if isinstance(spec, LowRankSpec):
         _refuse_partial(where, selector, partial, adapter)
         return StagePlan(index, spec.technique, tuple(layer.name for layer in usable), layers, st,

@@ -76,6 +76,9 @@ class Adapter(abc.ABC):
     #: layer kinds (`LayerInfo.kind`) whose weights this backend prunes and quantizes; a selected layer of
     #: another kind is refused before work (or skipped and reported, with `selector.allow_partial`)
     weight_kinds: ClassVar[frozenset[str]] = frozenset({"linear", "packed_qkv"})
+    #: the names `build_model` builds (``unicompress.zoo``); the conformance suite runs a case only on a backend
+    #: that builds its model ("user-encoder": the backend's own user architecture)
+    zoo_models: ClassVar[tuple[str, ...]] = ("tiny-bert", "tiny-vit", "minilm-l6")
 
     # ---- pure data: works without the framework -------------------------------------------
     @abc.abstractmethod

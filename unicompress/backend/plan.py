@@ -6,7 +6,7 @@ same way for every backend; an adapter reads `ctx.plan` instead of choosing laye
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from ..specs.selector import LayerRole
 from .types import AttentionInfo, FFNInfo, LayerInfo, TransformerStructure
@@ -21,7 +21,10 @@ class StagePlan:
     the model with its resolved role. For head pruning `attention` lists the selected blocks; for
     neuron pruning `ffn` the selected FFN pairs and `rows` the selected Linears outside any pair or
     attention block (they lose output rows). `skipped` lists (layer, reason) for selected layers the stage
-    leaves alone because the spec allowed partial coverage (`selector.allow_partial`).
+    leaves alone because the spec allowed partial coverage (`selector.allow_partial`) or its unit is not
+    theirs (an FFN layer under head pruning). For quantization `settings` holds each selected layer's
+    ``bits`` / ``granularity`` / ``scheme`` under the one override rule (`unicompress.planner.layer_settings`):
+    adapters quantize each layer with these, never re-reading the overrides.
     """
 
     index: int
@@ -34,6 +37,7 @@ class StagePlan:
     rows: tuple[str, ...] = ()
     skipped: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = field(default=())
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def roles(self) -> Mapping[str, LayerRole]:

@@ -261,6 +261,12 @@ def _quant_cases() -> list[Case]:
             {"pattern": "*.intermediate.dense", "bits": 4},
             {"pattern": "*.attention.output.dense", "skip": True}]), QUANT,
             description="mixed precision: FFN-in at 4 bits, attention output kept in float"),
+        Case("quantization/overrides-overlapping", QuantizationSpec(mode="weight_only", overrides=[
+            {"pattern": "*.attention.self.*", "bits": 4},
+            {"pattern": "*.attention.self.key", "granularity": "per_tensor"},
+            {"pattern": "*.attention.self.value", "skip": True}]), QUANT,
+            description="overlapping overrides under the one rule: every match applies in order, later fields "
+                        "win, any skip wins (key: 4 bits per tensor; value: float; query: 4 bits per channel)"),
     ]
     for b in _int_range(QuantizationSpec, "bits"):
         if b != 8:
@@ -272,6 +278,24 @@ def _quant_cases() -> list[Case]:
             c.append(Case(f"quantization/static-act{b}bit", QuantizationSpec(mode="static", activation_bits=b),
                           QUANT + ("activation_bits",), unobservable=hidden))
     return c
+
+
+def _user_model_cases() -> list[Case]:
+    """Structural rows on each backend's own user architecture (``user-encoder``: HF MPNet on torch, a Keras
+    MultiHeadAttention encoder on TensorFlow, nn.TransformerEncoder on Paddle), not only on the zoo."""
+    out8 = {"output_rel_l2": 0.25}
+    ffn_in = {"roles": ["ffn_in"]}
+    return [
+        Case("pruning/user-encoder-unstructured-50", PruningSpec(sparsity=0.5), PRUNE, model="user-encoder",
+             description="every selected projection, attention included, at 50%"),
+        Case("pruning/user-encoder-nm-2-4", PruningSpec(granularity="n_m", n=2, m=4), PRUNE, model="user-encoder"),
+        Case("pruning/user-encoder-head-50-removed", PruningSpec(granularity="head", sparsity=0.5), PRUNE,
+             model="user-encoder", description="two heads of four per block removed, found from layer types"),
+        Case("pruning/user-encoder-neuron-50-removed", PruningSpec(granularity="neuron", sparsity=0.5,
+                                                                   selector=ffn_in), PRUNE, model="user-encoder"),
+        Case("quantization/user-encoder-static-int8", QuantizationSpec(mode="static"), QUANT + ("output_close",),
+             model="user-encoder", tolerance=Tolerance(**out8)),
+    ]
 
 
 def _distil_cases() -> list[Case]:
@@ -320,8 +344,8 @@ def _finetune_cases() -> list[Case]:
     ]
 
 
-CASES: tuple[Case, ...] = tuple(_pruning_cases() + _quant_cases() + _distil_cases() + _lowrank_cases()
-                                + _finetune_cases())
+CASES: tuple[Case, ...] = tuple(_pruning_cases() + _quant_cases() + _user_model_cases() + _distil_cases()
+                                + _lowrank_cases() + _finetune_cases())
 CASES_BY_ID: dict[str, Case] = {c.id: c for c in CASES}
 assert len(CASES_BY_ID) == len(CASES), "case ids must be unique"
 

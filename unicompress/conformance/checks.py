@@ -7,7 +7,6 @@ passed=None, which the templates turn into a skip.
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 from typing import Any, Callable, Optional
 
@@ -17,6 +16,7 @@ from .. import reference as ref
 from ..reference.quantization import qrange
 from ..specs import DistillationSpec, LowRankSpec, PruningSpec, QuantizationSpec
 from ..specs.pruning import Criterion, Granularity, ScheduleKind, Scope
+from ..planner import layer_settings
 from ..specs.quantization import Mapping, QuantGranularity, QuantMode, Scheme
 from .cases import eval_inputs
 from .runner import CheckResult, Outcome
@@ -139,21 +139,13 @@ def kl_divergence(teacher_logits: np.ndarray, student_logits: np.ndarray, temper
 
 
 def effective_quant(spec: QuantizationSpec, name: str) -> Optional[dict]:
-    """bits/symmetric/per_channel for one layer after overrides (first matching pattern), None when skipped."""
-    cfg = {"bits": spec.bits, "symmetric": spec.scheme is Scheme.symmetric,
-           "per_channel": spec.granularity is QuantGranularity.per_channel}
-    for o in spec.overrides:
-        if fnmatch.fnmatchcase(name, o.pattern):
-            if o.skip:
-                return None
-            if o.bits is not None:
-                cfg["bits"] = o.bits
-            if o.granularity is not None:
-                cfg["per_channel"] = o.granularity is QuantGranularity.per_channel
-            if o.scheme is not None:
-                cfg["symmetric"] = o.scheme is Scheme.symmetric
-            break
-    return cfg
+    """bits/symmetric/per_channel for one layer under the core's one override rule
+    (`unicompress.planner.layer_settings`), None when skipped."""
+    settings = layer_settings(spec, name)
+    if settings["skip"]:
+        return None
+    return {"bits": settings["bits"], "symmetric": settings["scheme"] is Scheme.symmetric,
+            "per_channel": settings["granularity"] is QuantGranularity.per_channel}
 
 
 def numerical_rank(w: np.ndarray, rtol: float = 1e-5) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..backend.adapter import Adapter, StageContext
 from ..backend.types import LayerInfo, TransformerStructure
+from ..zoo import ZOO_NAMES
 from .cases import Case, Row, task_data
 
 
@@ -80,8 +81,14 @@ class CaseRunner:
 
     # ---- claims ---------------------------------------------------------------------------------------
     def missing(self, case: Case) -> list[Row]:
-        """Rows the case needs that this backend does not claim (empty: the case runs in claimed mode)."""
-        return sorted(r for r in case.requires if r not in self.claimed_rows)
+        """Rows the case needs that this backend does not claim (empty: the case runs in claimed mode).
+
+        A backend that cannot build the case's model (`Adapter.zoo_models`) misses the row
+        ``("model", "zoo", <name>)``: the case is skipped there, like any unclaimed row."""
+        rows = sorted(r for r in case.requires if r not in self.claimed_rows)
+        if case.model not in getattr(self.adapter, "zoo_models", ZOO_NAMES):
+            rows.append(("model", "zoo", case.model))
+        return rows
 
     def refused(self, case: Case) -> list[str]:
         """Combinations the adapter refuses up front (`Adapter.refusals`) although each value is claimed."""

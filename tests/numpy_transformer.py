@@ -161,3 +161,8 @@ class NumpyTransformerAdapter(Adapter):
 
 def probe(batch: int = 4, seq: int = 5, hidden: int = 8, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(batch, seq, hidden)).astype(np.float32)
+
+
+def build(backend: str = "", seed: int = 0) -> NumpyTransformer:
+    """A recipe's `model: {factory: "numpy_transformer:build"}`."""
+    return NumpyTransformer(_init(seed=seed))

@@ -232,3 +232,23 @@ def test_fingerprints_change_with_the_data_and_weights():
     assert data_fingerprint(a)["calibration"]["sha256_first_batches"] != \
         data_fingerprint(b)["calibration"]["sha256_first_batches"]
     assert weights_hash({"w": np.ones(3)}) != weights_hash({"w": np.zeros(3)})
+
+
+# ---- validate --plan: the planner without compressing ----------------------------------------------------------
+def test_cli_validate_plan_prints_what_each_stage_touches_and_refuses_like_run(backend, tmp_path, capsys):
+    from unicompress.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("backend: numpy-transformer\nmodel: {factory: 'numpy_transformer:build'}\nstages:\n"
+                      "  - {technique: pruning, granularity: head, sparsity: 0.5}\n"
+                      "  - {technique: pruning, granularity: neuron, sparsity: 0.5, selector: {roles: [ffn_in]}}\n")
+    backend()
+    assert main(["validate", str(recipe), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "structure: numpy:block (discovered): 1 attention block(s)" in out
+    assert "stage 0 pruning: 4 layer(s), 1 attention block(s); left alone: 2" in out
+    assert "stage 1 pruning: 2 layer(s), 1 FFN pair(s)" in out
+    recipe.write_text("backend: numpy-transformer\nmodel: {factory: 'numpy_transformer:build'}\nstages:\n"
+                      "  - {technique: pruning, granularity: head, sparsity: 0.9}\n")  # 4 heads: none left
+    assert main(["validate", str(recipe), "--plan"]) == 2
+    assert "stages[0].sparsity" in capsys.readouterr().err

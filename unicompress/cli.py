@@ -42,9 +42,13 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check recipe files without running anything",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog="example:\n  unicompress validate examples/*.yaml --backend paddle")
+                         epilog="examples:\n  unicompress validate examples/*.yaml --backend paddle\n"
+                                 "  unicompress validate examples/prune_heads_ffn.yaml --backend torch --plan")
     val.add_argument("recipes", nargs="+", help="recipe files")
     val.add_argument("--backend", help="also check that this backend can honour every stage")
+    val.add_argument("--plan", action="store_true",
+                     help="also build the recipe's model and plan every stage on it (the layers, heads and FFN "
+                          "pairs each stage touches, and every refusal `run` would make), without compressing")
 
     sch = sub.add_parser("schema", help="print the JSON Schema of recipe files")
     sch.add_argument("--output", "-o", help="write to this file instead of stdout")
@@ -110,7 +114,33 @@ def _validate(args: argparse.Namespace) -> int:
                 status = 2
                 continue
         print(f"{path}: ok ({len(recipe.stages)} stage(s): {' -> '.join(s.technique for s in recipe.stages)})")
+        if args.plan:
+            status = max(status, _print_plan(recipe, name))
     return status
+
+
+def _print_plan(recipe: Any, name: str) -> int:
+    """Build the recipe's model and print what each stage would touch (the planner `run` uses)."""
+    from .api import check_plan
+    from .backend import get_backend
+    from .planner import resolve_structure
+
+    if name == "auto" or recipe.model is None:
+        print("  plan: needs --backend (or backend: in the recipe) and a model: section")
+        return 2
+    adapter = get_backend(name)
+    data = _load_data(recipe)
+    model = _build_model(recipe, name, adapter, data)
+    structure = resolve_structure(adapter, model, recipe.structure)
+    print(f"  structure: {structure.summary() if structure else 'no Transformer structure found'}")
+    for plan in check_plan(adapter, model, recipe, data, structure):
+        parts = [f"{len(plan.selected)} layer(s)"] + ([f"{len(plan.attention)} attention block(s)"] if plan.attention
+                                                        else []) + ([f"{len(plan.ffn)} FFN pair(s)"] if plan.ffn else [])
+        print(f"  stage {plan.index} {plan.technique}: {', '.join(parts)}"
+              + (f"; left alone: {len(plan.skipped)}" if plan.skipped else ""))
+        for note in plan.notes:
+            print(f"    note: {note}")
+    return 0
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -219,27 +249,8 @@ def _run(args: argparse.Namespace) -> int:
         raise BackendNotFoundError("a recipe run from the CLI must name its backend (backend: torch) "
                                    "or be given --backend")
     adapter = get_backend(name)
-    if recipe.model is None:
-        raise UnicompressError("the recipe has no model: section; add e.g. model: {zoo: minilm-l6}")
-    data = None
-    if recipe.data is not None:
-        if recipe.data.dataset:
-            from .data import load_dataset
-
-            data = load_dataset(recipe.data.dataset, **recipe.data.kwargs)
-        else:
-            data = _resolve_callable(recipe.data.factory)(**recipe.data.kwargs)
-    kwargs = dict(recipe.model.kwargs)
-    if data is not None and data.num_labels and "num_labels" not in kwargs and recipe.model.zoo:
-        kwargs["num_labels"] = data.num_labels
-    if recipe.model.weights:
-        from .zoo.bert import load_safetensors
-
-        kwargs["weights"] = load_safetensors(recipe.model.weights_for(name), prefix_fix=False)
-    if recipe.model.zoo:
-        model = adapter.build_model(recipe.model.zoo, **kwargs)
-    else:
-        model = _resolve_callable(recipe.model.factory)(backend=name, **kwargs)
+    data = _load_data(recipe)
+    model = _build_model(recipe, name, adapter, data)
     result = compress(model, recipe, data, backend=name, progress=not args.no_progress)
     out = Path(args.out or (recipe.export.directory if recipe.export else "unicompress-out"))
     written = result.report.save(out)
@@ -249,6 +260,33 @@ def _run(args: argparse.Namespace) -> int:
         print(result.report.to_text())
         print("\nwritten: " + ", ".join(str(p) for p in [*result.exports.values(), *written.values()]))
     return 0
+
+
+def _load_data(recipe: Any) -> Any:
+    """The recipe's data: a registry dataset or a factory's TaskData (None without a data: section)."""
+    if recipe.data is None:
+        return None
+    if recipe.data.dataset:
+        from .data import load_dataset
+
+        return load_dataset(recipe.data.dataset, **recipe.data.kwargs)
+    return _resolve_callable(recipe.data.factory)(**recipe.data.kwargs)
+
+
+def _build_model(recipe: Any, name: str, adapter: Any, data: Any) -> Any:
+    """The recipe's model on backend `name`: a zoo model (with its checkpoint) or a factory's."""
+    if recipe.model is None:
+        raise UnicompressError("the recipe has no model: section; add e.g. model: {zoo: minilm-l6}")
+    kwargs = dict(recipe.model.kwargs)
+    if data is not None and data.num_labels and "num_labels" not in kwargs and recipe.model.zoo:
+        kwargs["num_labels"] = data.num_labels
+    if recipe.model.weights:
+        from .zoo.bert import load_safetensors
+
+        kwargs["weights"] = load_safetensors(recipe.model.weights_for(name), prefix_fix=False)
+    if recipe.model.zoo:
+        return adapter.build_model(recipe.model.zoo, **kwargs)
+    return _resolve_callable(recipe.model.factory)(backend=name, **kwargs)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,10 @@ class StageReport:
     plan: dict[str, Any] = field(default_factory=dict)  # what the planner chose (plan_summary)
 
 
+#: history series that are records, not training curves (distillation's (student, teacher) layer pairs)
+NOT_CURVES = frozenset({"layer_map"})
+
+
 def plan_summary(plan: Any) -> dict[str, Any]:
     """The report's view of a StagePlan: counts, the layers left alone and why, notes."""
     return {"selected": len(plan.selected), "attention_blocks": len(plan.attention), "ffn_pairs": len(plan.ffn),
@@ -182,7 +186,7 @@ class CompressionReport:
             import matplotlib.pyplot as plt
         except ImportError:
             return None
-        curves = [(s, k, v) for s in self.stages for k, v in s.history.items() if v]
+        curves = [(s, k, v) for s in self.stages for k, v in s.history.items() if v and k not in NOT_CURVES]
         fig, axes = plt.subplots(1, 1 + bool(curves), figsize=(12 if curves else 7, 4.5), squeeze=False)
         ax = axes[0][0]
         names = [layer.name.split(".")[-3:] for layer in self.layers_after]

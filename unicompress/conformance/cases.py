@@ -304,7 +304,15 @@ def _distil_cases() -> list[Case]:
         Case("distillation/response", DistillationSpec(kinds=["response"], temperature=2.0, alpha=1.0, training=t),
              DISTIL, student_seed=1, description="a differently initialised student learns the teacher's logits"),
         Case("distillation/feature-mse", DistillationSpec(kinds=["feature"], feature_loss="mse", alpha=1.0,
-                                                          training=t), DISTIL, student_seed=1),
+                                                          training=t), DISTIL + ("layer_map",), student_seed=1),
+        Case("distillation/feature-explicit-map", DistillationSpec(
+            kinds=["feature"], feature_loss="mse", alpha=1.0, layer_map=[(0, 1), (1, 0)], training=t),
+            DISTIL + ("layer_map",), student_seed=1,
+            description="an explicit, crossed layer map: the losses pair exactly the layers the spec names"),
+        Case("distillation/feature-drop-layers", DistillationSpec(
+            kinds=["feature"], feature_loss="mse", alpha=1.0, student={"num_layers": 1}, training=t),
+            ("applies", "teacher_frozen", "loss_falls", "layer_map", "runs_finite", "onnx"),
+            description="a 1-layer student cut from the teacher: the default map pairs it with the last layer"),
         Case("distillation/feature-cosine", DistillationSpec(kinds=["response", "feature"], feature_loss="cosine",
                                                              alpha=1.0, training=t), DISTIL, student_seed=1),
         Case("distillation/relation", DistillationSpec(kinds=["relation"], alpha=1.0, training=t),

@@ -667,6 +667,19 @@ def check_student_layers(adapter, o: Outcome) -> CheckResult:
                    {"student_layers": got}, f"{got} layers")
 
 
+@check("layer_map")
+def check_layer_map(adapter, o: Outcome) -> CheckResult:
+    """The feature/relation losses pair exactly the core's layers (`DistillationSpec.resolved_layer_map`), as the
+    stage logged them in ``ctx.history['layer_map']`` (one (student, teacher) point per pair)."""
+    spec: DistillationSpec = o.case.spec
+    teacher_layers = o.structure_before.num_layers if o.structure_before is not None else 0
+    student_layers = len(spec.student.layers_to_keep(teacher_layers)) if spec.student is not None else teacher_layers
+    want = [tuple(p) for p in spec.resolved_layer_map(student_layers, teacher_layers)]
+    got = [(int(s), int(t)) for s, t in o.history.get("layer_map", [])]
+    fails = [] if got == want else [f"the losses paired {got or 'nothing (not logged)'}, the spec means {want}"]
+    return _result("layer_map", fails, {"pairs": len(got)}, f"{len(got)} pairs {got}")
+
+
 # ---- low-rank -------------------------------------------------------------------------------------------------------
 
 def _factorisations(adapter, o: Outcome) -> dict:

@@ -40,6 +40,8 @@ MUTATIONS: dict[str, Mutation] = {
                                   ("quantization/weight-only-int8-per-channel", "dequant_error"))),
     "leaky_teacher": Mutation("nudges the teacher's weights during distillation",
                               (("distillation/response", "teacher_frozen"),)),
+    "ignored_layer_map": Mutation("distils with the default layer map whatever layer_map the spec gives",
+                                  (("distillation/feature-explicit-map", "layer_map"),)),
     "wrong_rank": Mutation("factorises at one rank more than asked", (("low_rank/rank-8", "rank"),)),
     "lossy_export": Mutation("exports weights with a small offset (zeros lost, outputs drift)",
                              (("pruning/unstructured-50", "onnx"),)),
@@ -122,6 +124,8 @@ class MutantAdapter(Adapter):
             spec = spec.model_copy(update={"sparsity": spec.sparsity * 0.9})
         elif m == "unpatterned_nm" and isinstance(spec, PruningSpec) and spec.granularity is Granularity.n_m:
             spec = PruningSpec(sparsity=spec.target_sparsity, selector=spec.selector)
+        elif m == "ignored_layer_map" and isinstance(spec, DistillationSpec) and spec.layer_map is not None:
+            spec = spec.model_copy(update={"layer_map": None})
         elif m == "wrong_rank" and isinstance(spec, LowRankSpec) and spec.rank is not None:
             spec = spec.model_copy(update={"rank": spec.rank + 1})
         try:

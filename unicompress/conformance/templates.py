@@ -124,6 +124,9 @@ class TestDistillation(ConformanceTemplate):
     def test_student_layers(self, conformance_runner, case):
         expect(conformance_runner, case, "student_layers")
 
+    def test_layer_map(self, conformance_runner, case):
+        expect(conformance_runner, case, "layer_map")
+
     def test_runs_finite(self, conformance_runner, case):
         expect(conformance_runner, case, "runs_finite")
 

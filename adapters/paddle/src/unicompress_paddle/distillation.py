@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Optional
-
-import numpy as np
+from typing import Any
 
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import TaskData
@@ -27,19 +25,6 @@ from .training import train
 F = paddle.nn.functional
 
 
-def kept_layers(num_layers: int, student) -> list[int]:
-    """Teacher block indices the student keeps (num_layers: evenly spaced, first and last included)."""
-    if student.keep_layers is not None:
-        bad = [i for i in student.keep_layers if i >= num_layers]
-        if bad:
-            raise ValueError(f"student.keep_layers {bad} out of range: the teacher has {num_layers} layers")
-        return list(student.keep_layers)
-    n = student.num_layers
-    if n > num_layers:
-        raise ValueError(f"student.num_layers {n} > teacher layers {num_layers}")
-    return sorted({int(round(x)) for x in np.linspace(0, num_layers - 1, n)}) if n > 1 else [num_layers - 1]
-
-
 def drop_layers(model: Any, keep: list[int]) -> Any:
     """The model with only the kept Transformer blocks (a copy; weights shared by value)."""
     student = copy.deepcopy(model)
@@ -49,12 +34,6 @@ def drop_layers(model: Any, keep: list[int]) -> Any:
     owner.layer = paddle.nn.LayerList(kept)
     student.config = type(student.config)(**{**student.config.to_dict(), "num_hidden_layers": len(kept)})
     return student
-
-
-def default_layer_map(n_student: int, n_teacher: int, keep: Optional[list[int]]) -> list[tuple[int, int]]:
-    if keep is not None:
-        return list(enumerate(keep))
-    return [(i, int(round((i + 1) * n_teacher / n_student)) - 1) for i in range(n_student)]
 
 
 def _set_record(model: Any, on: bool) -> list[Any]:
@@ -85,13 +64,13 @@ def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContex
     for p in teacher.parameters():
         p.stop_gradient = True
     n_teacher = len(encoder_blocks(teacher))
-    keep = kept_layers(n_teacher, spec.student) if spec.student is not None else None
+    keep = spec.student.layers_to_keep(n_teacher) if spec.student is not None else None  # the core's rule
     student = drop_layers(model, keep) if keep is not None else model
     n_student = len(encoder_blocks(student))
-    pairs = spec.layer_map or default_layer_map(n_student, n_teacher, keep)
-    for s, t in pairs:
-        if s >= n_student or t >= n_teacher:
-            raise ValueError(f"layer_map pair {(s, t)} out of range ({n_student} student, {n_teacher} teacher layers)")
+    pairs = spec.resolved_layer_map(n_student, n_teacher)  # one layer map for every backend (the core's)
+    if {DistillKind.feature, DistillKind.relation} & set(spec.kinds):
+        for si, ti in pairs:  # logged so the conformance suite sees the pairs the losses use
+            ctx.log("layer_map", si, ti)
     kinds = set(spec.kinds)
     if DistillKind.feature in kinds and student.config.hidden_size != teacher.config.hidden_size:
         raise NotImplementedError("feature distillation between different widths (projection) is not supported yet")

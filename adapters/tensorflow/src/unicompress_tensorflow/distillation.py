@@ -121,6 +121,9 @@ def apply_distillation(model: Any, spec: DistillationSpec, data: Optional[TaskDa
         raise TypeError("distillation taps hidden states of functional tf_keras models")
     t_att, s_att = _attention_layers(teacher), _attention_layers(student)
     layer_map = spec.resolved_layer_map(len(s_att), len(t_att))  # the core's default map (or the spec's)
+    if {DistillKind.feature, DistillKind.relation} & set(spec.kinds):
+        for si, ti in layer_map:  # logged so the conformance suite sees the pairs the losses use
+            ctx.log("layer_map", si, ti)
     t_tap, s_tap = tapped(teacher, spec), tapped(student, spec)
     projections: dict[int, keras.layers.Dense] = {}
     if DistillKind.feature in spec.kinds:

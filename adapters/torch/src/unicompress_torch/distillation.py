@@ -259,6 +259,8 @@ def apply_distillation(model: nn.Module, spec: DistillationSpec, data: Optional[
     layer_map: list[tuple[int, int]] = []
     if {DistillKind.feature, DistillKind.relation} & set(spec.kinds):
         layer_map = spec.resolved_layer_map(len(block_list(model)[2]), teacher_layers)
+        for si, ti in layer_map:  # logged so the conformance suite sees the pairs the losses use
+            ctx.log("layer_map", si, ti)
     was_training = teacher.training
     teacher.eval()
     loss = DistillationLoss(model, teacher, spec, layer_map)

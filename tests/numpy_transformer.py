@@ -136,6 +136,11 @@ class NumpyTransformerAdapter(Adapter):
                         down[drop[drop < down.shape[0]]] = 0
                     elif self.mutation != "unpaired":
                         down[:, drop] = 0
+            for n in plan.rows:  # lone Linears lose output rows (and their biases)
+                k = int(round(spec.sparsity * w[n].shape[0]))
+                drop = np.argsort(np.linalg.norm(w[n], axis=1), kind="stable")[:k]
+                w[n][drop] = 0
+                w[f"{n}.bias"][drop] = 0
             return model
         for a in plan.attention:
             d = a.head_dim

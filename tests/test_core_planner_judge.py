@@ -48,6 +48,10 @@ def test_structure_roles_override_lookalike_names():
     lookalike = LayerInfo("adapter.out_proj", "linear", LayerRole.attention_output, (8, 8))
     assert assign_roles([lookalike], st)[0].role is LayerRole.other  # not in the structure: no attention role
     assert assign_roles([lookalike], None)[0].role is LayerRole.attention_output  # no structure: names stand
+    unnamed = TransformerStructure(8, 1, st.attention)  # no classifier named: the last Linear after the blocks
+    tail = assign_roles(layers[:2] + [LayerInfo("proj", "linear", LayerRole.other, (8, 8)),
+                                      LayerInfo("out", "linear", LayerRole.other, (3, 8))], unnamed)
+    assert [la.role for la in tail[2:]] == [LayerRole.other, LayerRole.classifier]
 
 
 # ---- declared structure ---------------------------------------------------------------------------------------
@@ -112,6 +116,33 @@ def test_declared_structure_lets_a_model_without_discovery_be_planned(backend):
     with pytest.raises(StructureError, match="(?s)cannot be physically removed.*declared"):  # declared heads: masked only
         uc.compress(NumpyTransformer(), PruningSpec(granularity="head", sparsity=0.5), backend="numpy-transformer",
                     progress=False, structure=decl)
+
+
+def test_a_partial_declaration_keeps_what_discovery_found():
+    decl = StructureDeclaration(roles={"mlp.up": "ffn_in", "mlp.down": "ffn_out"})
+    adapter = NumpyTransformerAdapter()
+    st = declared_structure(decl, adapter.layers(NumpyTransformer()), adapter.structure(NumpyTransformer()))
+    assert [a.query for a in st.attention] == ["attn.wq"] and st.attention[0].removable  # discovered, kept
+    assert [(f.ffn_in, f.ffn_out) for f in st.ffn] == [("mlp.up", "mlp.down")] and st.source == "declared"
+
+
+class AttentionOnly(NumpyTransformerAdapter):
+    def structure(self, model):
+        st = super().structure(model)
+        return TransformerStructure(st.hidden_size, 1, st.attention, (), classifier="head")
+
+
+def test_lone_linears_lose_rows_and_the_judge_says_what_it_could_not_check(backend):
+    register("numpy-transformer", AttentionOnly, replace=True)
+    result = uc.compress(NumpyTransformer(), PruningSpec(granularity="neuron", sparsity=0.5),
+                         backend="numpy-transformer", progress=False, export_example=probe())
+    stage = result.report.stages[0]
+    assert stage.plan["rows"] == ["mlp.up", "mlp.down"] and stage.plan["ffn_pairs"] == 0
+    assert any("zeroed, not removed" in n for n in stage.plan["notes"])
+    checks = checks_of(result)
+    assert checks["neurons pruned"]["passed"] is True and "2 lone layer(s) zeroed" in checks["neurons pruned"]["figure"]
+    assert "parameters removed" not in checks  # nothing is removed from lone Linears
+    assert result.report.after.params == result.report.before.params
 
 
 def test_removal_of_unremovable_blocks_is_refused_with_the_note():

@@ -22,6 +22,7 @@ import numpy as np
 from .backend.plan import StagePlan
 from .backend.types import Inputs, LayerStats
 from .specs import Granularity, LowRankSpec, PruningSpec, QuantizationSpec, Scope
+from .structure.roles import factorised_base
 
 #: |removed - masked| allowed on the outputs (float32 models; the issue's bound)
 REMOVAL_ATOL = 1e-4
@@ -155,6 +156,12 @@ def _structured(adapter: Any, model: Any, spec: PruningSpec, plan: StagePlan, be
         if removing:
             removed_params += sum(old[n].params - stats[n].params for n in set(unit.layers))
             masks.update(unit.masked_twin(before_w, kept))
+    for name in plan.rows:  # lone Linears: output rows zeroed (never removed: nothing is known to consume them)
+        if name not in after_w:
+            problems.append(f"{name}: a planned layer is missing after the stage")
+            continue
+        zero = ~after_w[name].any(axis=1)
+        units.append((None, [int(i) for i in np.flatnonzero(zero)], after_w[name].shape[0]))
     checks = []
     total_units = sum(w for _, _, w in units)
     total_pruned = sum(len(p) for _, p, _ in units)
@@ -165,15 +172,19 @@ def _structured(adapter: Any, model: Any, spec: PruningSpec, plan: StagePlan, be
         ok = not problems and all(abs(len(p) - _units(spec, w)) <= 1 for _, p, w in units)
     kind = "heads" if spec.granularity is Granularity.head else "neurons"
     figure = (f"{total_pruned}/{total_units} {kind} {'removed' if removing else 'zeroed'} in {len(units)} "
-              f"block(s) (target {target:.3f})")
+              f"block(s) (target {target:.3f})" + (f", {len(plan.rows)} lone layer(s) zeroed" if plan.rows else ""))
     checks.append(Check(plan.index, f"{kind} pruned", ok, figure if not problems else "; ".join(problems[:3])))
-    if removing and not problems:
-        expected = sum(u.params_per_unit(before_w) * len(p) for u, p, _ in units)
-        expected += sum(old[n].params - stats[n].params for u, _, _ in units for n in u.kv)  # GQA K/V heads
+    paired = [(u, p) for u, p, _ in units if u is not None]
+    if removing and paired and not problems:
+        expected = sum(u.params_per_unit(before_w) * len(p) for u, p in paired)
+        expected += sum(old[n].params - stats[n].params for u, _ in paired for n in u.kv)  # GQA K/V heads
         checks.append(Check(plan.index, "parameters removed", removed_params == expected and expected > 0,
                             f"{removed_params:,} fewer weights (the removed units held {expected:,})"))
         if spec.trains:
             checks.append(Check(plan.index, "removed equals masked", None, "the stage trains the weights"))
+        elif plan.rows:
+            checks.append(Check(plan.index, "removed equals masked", None, "lone Linears' rows are zeroed with their "
+                                "biases, which the masked twin (weights only) cannot mirror"))
         elif probe is None or after_out is None:
             checks.append(Check(plan.index, "removed equals masked", None, "no example inputs were given"))
         else:
@@ -295,7 +306,7 @@ def _quantized_layers(spec: QuantizationSpec, plan: StagePlan, stats: dict) -> C
 
 def _factorised_layers(plan: StagePlan, stats: dict) -> Check:
     planned = set(plan.selected)
-    factorised = {n[:-2] for n in stats if n.endswith((".0", ".1")) and n[:-2] not in stats}
+    factorised = {b for b in map(factorised_base, stats) if b is not None and b not in stats}
     extra = sorted(factorised - planned)
     return Check(plan.index, "factorised layers", not extra,
                  f"{len(factorised)} of {len(planned)} planned layers factorised"

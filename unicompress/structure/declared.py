@@ -16,8 +16,9 @@ In a recipe::
 Layers are grouped into blocks by the name up to its last number (``encoder.blocks.3``), numbered in model
 order. A block with more than one attention (a decoder's self- and cross-attention) is declared with
 explicit `attention:` entries instead. The declaration is checked against the model's layers before
-anything runs; it replaces what discovery found (discovery's classifier and embeddings stay unless
-declared). Declared heads are masked, never removed: only a recognised architecture tells the backend
+anything runs. What it declares replaces what discovery found: declared attention replaces the discovered
+attention blocks, declared FFN pairs the discovered pairs; what it leaves out (attention, FFN pairs,
+classifier, embeddings) stays as discovered. Declared heads are masked, never removed: only a recognised architecture tells the backend
 how the attention reshapes its heads (`remove_pruned: true` on them is refused); declared FFN pairs
 can be removed, since their intermediate width is internal to the pair.
 """
@@ -129,10 +130,12 @@ def declared_structure(decl: StructureDeclaration, layers: Sequence[LayerInfo],
         by_name[ffn_infos[0].ffn_out].shape[0] if ffn_infos else (found.hidden_size if found else 0)
     pooler = tuple(n for n, r in role_of.items() if r is LayerRole.pooler) or (found.pooler if found else ())
     embeddings = tuple(n for n, r in role_of.items() if r is LayerRole.embedding) or (found.embeddings if found else ())
+    declares_attention = bool(att_infos) or bool(decl.attention)
+    declares_ffn = bool(ffn_infos) or bool(decl.ffn)
     return TransformerStructure(
         hidden_size=int(hidden), num_layers=len(blocks) or (found.num_layers if found else 0),
-        attention=tuple(att_infos) or (() if decl.roles or decl.attention or decl.ffn else found.attention if found else ()),
-        ffn=tuple(ffn_infos) or (() if decl.roles or decl.attention or decl.ffn else found.ffn if found else ()),
+        attention=tuple(att_infos) if declares_attention or found is None else found.attention,
+        ffn=tuple(ffn_infos) if declares_ffn or found is None else found.ffn,
         classifier=classifier or (found.classifier if found else None), embeddings=embeddings, pooler=pooler,
         shared_blocks=found.shared_blocks if found else False, source="declared",
         architecture=found.architecture if found else "declared")

@@ -8,6 +8,8 @@ merges the two the same way on every backend:
   - when a structure was found, the attention and FFN roles come from it alone: a layer outside it that
     only *looks* like one by name (RoBERTa's ``classifier.out_proj``) becomes ``other`` (or, after the
     last block, part of the head);
+  - when the structure names no classifier, the last Linear after its last block is the classifier (the
+    task head, which the default selector skips);
   - without a structure, the adapter's name-based roles stand (the fallback).
 """
 from __future__ import annotations
@@ -49,10 +51,23 @@ def roles_of(structure: TransformerStructure) -> dict[str, tuple[LayerRole, Opti
     return out
 
 
+#: name suffixes of the two factors a low-rank stage puts in place of one layer (torch/TF: .0/.1, Paddle: .first/.second)
+LOW_RANK_SUFFIXES = (".0", ".1", ".first", ".second")
+
+
+def factorised_base(name: str) -> Optional[str]:
+    """The layer a low-rank factor replaced (``enc.ffn.0`` -> ``enc.ffn``), or None for any other name."""
+    for suffix in LOW_RANK_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
 def _base(name: str, known: dict) -> str:
-    """A low-rank part (``<name>.0`` / ``<name>.1``) takes the role of the layer it replaced."""
-    if name not in known and name.endswith((".0", ".1")) and name[:-2] in known:
-        return name[:-2]
+    """A low-rank factor takes the role of the layer it replaced."""
+    base = factorised_base(name)
+    if name not in known and base is not None and base in known:
+        return base
     return name
 
 
@@ -66,6 +81,8 @@ def assign_roles(layers: Sequence[LayerInfo], structure: Optional[TransformerStr
         return list(layers)
     known = roles_of(structure)
     has_blocks = bool(structure.attention or structure.ffn)
+    block_layers = {n for a in structure.attention for n in a.layers} | {n for f in structure.ffn for n in f.layers}
+    last = max((i for i, layer in enumerate(layers) if _base(layer.name, known) in block_layers), default=None)
     out = []
     for layer in layers:
         base = _base(layer.name, known)
@@ -76,4 +93,8 @@ def assign_roles(layers: Sequence[LayerInfo], structure: Optional[TransformerStr
             out.append(replace(layer, role=LayerRole.other))
         else:
             out.append(layer)
+    if last is not None and structure.classifier is None:
+        tail = [i for i in range(last + 1, len(out)) if out[i].kind == "linear" and out[i].role is LayerRole.other]
+        if tail:
+            out[tail[-1]] = replace(out[tail[-1]], role=LayerRole.classifier)
     return out

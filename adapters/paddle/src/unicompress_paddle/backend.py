@@ -28,6 +28,8 @@ class PaddleAdapter(Adapter):
     requirements = ("unicompress-paddle", "paddlepaddle==3.3.1", "paddleslim==2.6.0", "paddle2onnx==2.1.0",
                     "setuptools<81", "decorator")
     framework_modules = ("paddle",)
+    weight_kinds = frozenset({"linear"})  # Linear weights (Embeddings are neither pruned nor quantized here)
+    zoo_models = ("tiny-bert", "tiny-vit", "minilm-l6", "user-encoder")  # user-encoder: models.UserEncoderClassifier
 
     def _fw(self, module: str) -> Any:
         """Import one of this adapter's framework modules (import-order guard first, then Paddle)."""

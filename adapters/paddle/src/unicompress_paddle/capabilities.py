@@ -47,7 +47,9 @@ NOTES = {
                "N:M by "
                "paddle.incubate.asp.prune_model(mask_1d), one-shot only; neuron (FFN pairs) and head scored by "
                "PaddleSlim L1/L2NormFilterPruner.cal_mask and sliced or zeroed by PaddleSlim PruningPlan (its "
-               "graph tracer dygraph2program is broken on Paddle 3, so groups come from the declared structure).",
+               "graph tracer dygraph2program is broken on Paddle 3, so groups come from the TransformerStructure: "
+               "discovered from layer types - nn.MultiHeadAttention, nn.TransformerEncoderLayer/DecoderLayer "
+               "(self and cross attention, linear1/linear2), the zoo blocks - or declared in the recipe).",
     "quantization": "paddle.quantization PTQ/QAT with PaddleSlim observers/quanters (three fixed for Paddle 3 / "
                     "NumPy 2); symmetric abs-max only (no asymmetric, no dynamic mode); weights q in "
                     "[-(2^(b-1)-1), 2^(b-1)-1] (12-16 bits: Paddle's float32 arithmetic rounds about 0.1% of "

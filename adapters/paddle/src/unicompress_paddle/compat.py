@@ -243,13 +243,19 @@ def filter_scorer(norm: str):
 def apply_plan(model, masks: dict, remove: bool) -> None:
     """Apply {param: (axis, keep-vector)} with PaddleSlim's PruningPlan: slice the parameters (remove=True,
     `imperative_apply`) or zero them (`lazy_apply`); then drop the backup buffers the plan registers."""
+    import contextlib
+    import io
+
     import numpy as np
     from paddleslim.dygraph.prune.pruning_plan import PruningMask, PruningPlan
 
+    if not masks:
+        return
     plan = PruningPlan(model.full_name())
     for param, (axis, keep) in masks.items():
         plan.add(param.name, PruningMask(int(axis), np.asarray(keep, np.int64), float(1 - np.mean(keep)), PlanOp()))
-    plan.apply(model, lazy=not remove)
+    with contextlib.redirect_stdout(io.StringIO()):  # lazy_apply prints a debug line per parameter
+        plan.apply(model, lazy=not remove)
     ours = {p.name.replace(".", "_") + "_backup" for p in masks}  # the names imperative_apply uses
     for layer in model.sublayers(include_self=True):
         for name in [b for b in layer._buffers if b in ours]:

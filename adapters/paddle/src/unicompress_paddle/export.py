@@ -199,12 +199,12 @@ def export_native(model: Any, directory: Path) -> Path:
     `compat.pir_safe_qdq`); load them with ``paddle.jit.load(str(directory / "model"))``.
     """
     from . import compat
-    from .models import BertForSequenceClassification
     compat.pir_safe_qdq(model)
-    if isinstance(model, BertForSequenceClassification):
-        example = {"input_ids": np.zeros((1, 2), np.int64), "attention_mask": np.ones((1, 2), np.int64)}
-    else:
+    names = getattr(model, "input_names", ("input_ids", "attention_mask"))
+    if "pixel_values" in names:
         example = {"pixel_values": np.zeros((1, model.config.image_size, model.config.image_size), np.float32)}
+    else:  # token models (the zoo BERTs, the user-encoder): only dtype and rank matter for the InputSpec
+        example = {"input_ids": np.zeros((1, 2), np.int64), "attention_mask": np.ones((1, 2), np.int64)}
     model.eval()
     with atomic_directory(directory) as tmp:
         paddle.jit.save(model, str(Path(tmp) / "model"), input_spec=input_spec(model, example))

@@ -11,7 +11,7 @@ from unicompress.backend.types import TaskData
 from unicompress.specs import LowRankSpec
 
 from .compat import paddle
-from .layers import compressible, layer_infos
+from .layers import compressible
 
 
 class LowRankLinear(paddle.nn.Layer):
@@ -36,12 +36,10 @@ def choose_rank(s: np.ndarray, spec: LowRankSpec) -> int:
 
 
 def factorize(model: Any, spec: LowRankSpec, data: TaskData, ctx: StageContext) -> Any:
-    """LowRankSpec handler: returns the model with factorised Linear layers (and logs the ranks)."""
+    """LowRankSpec handler: returns the model with the planned Linear layers factorised (and logs the ranks)."""
     layers = compressible(model)
-    for info in layer_infos(model):
-        if info.kind != "linear" or not spec.selector.matches(info.name, info.role):
-            continue
-        layer = layers[info.name]
+    for name in ctx.plan.selected:
+        layer = layers[name]
         w = layer.weight  # Paddle [in, out] = W^T
         n_in, n_out = w.shape
         u, s, vt = paddle.linalg.svd(w.astype("float64"), full_matrices=False)  # W^T = U S V^T
@@ -54,7 +52,7 @@ def factorize(model: Any, spec: LowRankSpec, data: TaskData, ctx: StageContext) 
         new.first.weight.set_value((u[:, :r] * root).astype("float32"))
         new.second.weight.set_value((root.unsqueeze(1) * vt[:r]).astype("float32"))
         new.second.bias.set_value(layer.bias)
-        parent_name, _, child = info.name.rpartition(".")
+        parent_name, _, child = name.rpartition(".")
         parent = model if not parent_name else dict(model.named_sublayers())[parent_name]
         setattr(parent, child, new)
         ctx.log("rank", len(ctx.history.get("rank", [])), r)

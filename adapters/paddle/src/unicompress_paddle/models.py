@@ -233,7 +233,11 @@ class ViTForImageClassification(nn.Layer):
 
 def encoder_blocks(model: Any) -> Any:
     """The LayerList of Transformer blocks of a zoo model."""
-    return (model.bert if model.zoo_family == "bert" else model.vit).encoder.layer
+    family = getattr(model, "zoo_family", None)
+    if family is None:
+        raise NotImplementedError(f"{type(model).__name__} is no zoo BERT/ViT: on Paddle, distillation's "
+                                  "layer-dropping student and relation features are built for the zoo models only")
+    return (model.bert if family == "bert" else model.vit).encoder.layer
 
 
 def _linear_sublayers(model: Any) -> dict[str, Any]:
@@ -266,14 +270,79 @@ def neutral_weights(model: Any) -> dict[str, np.ndarray]:
             for name, p in model.named_parameters()}
 
 
+class UserEncoderClassifier(nn.Layer):
+    """A user's classifier on Paddle's own Transformer: Embedding -> nn.TransformerEncoder(nn.TransformerEncoderLayer)
+    -> masked mean pool -> Linear. No zoo names and no `zoo_family`: its structure comes from the layer types.
+
+    forward(input_ids [B, L] int64, attention_mask [B, L] 0/1) -> logits [B, num_labels]; the mask becomes the
+    encoder's src_mask (Paddle turns an integer mask into -1e9 on padded keys) and weights the mean.
+    """
+
+    input_names = ("input_ids", "attention_mask")
+
+    def __init__(self, vocab_size: int, d_model: int = 32, nhead: int = 4, dim_feedforward: int = 64,
+                 num_layers: int = 2, num_labels: int = 3):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        # dropout 0: the same weights give the same training steps on every run
+        block = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(block, num_layers)
+        self.classifier = nn.Linear(d_model, num_labels)
+
+    def forward(self, input_ids, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = paddle.ones_like(input_ids)
+        h = self.encoder(self.embedding(input_ids), src_mask=attention_mask.unsqueeze([1, 2]))
+        keep = attention_mask.astype("float32").unsqueeze(-1)
+        pooled = (h * keep).sum(axis=1) / paddle.clip(keep.sum(axis=1), min=1.0)
+        return self.classifier(pooled)
+
+
+def _random_user_weights(model: Any, seed: int) -> None:
+    """Deterministic weights from `seed` (numpy, so Paddle's global seed is left alone): Linear N(0, 1/in) with
+    a different scale per output unit (no ties for head/neuron scores), small biases, N(0, 1) embeddings,
+    LayerNorm 1/0."""
+    rng = np.random.default_rng(seed)
+    linears = {f"{n}.weight" for n in _linear_sublayers(model)}
+    for name, p in model.named_parameters():
+        shape = tuple(p.shape)
+        if name in linears:  # Paddle's [in, out]
+            w = rng.normal(0.0, 1.0 / math.sqrt(shape[0]), shape) * rng.uniform(0.5, 1.5, (1, shape[1]))
+        elif ".norm" in name:
+            w = np.ones(shape) if name.endswith("weight") else np.zeros(shape)
+        elif len(shape) == 1:
+            w = rng.normal(0.0, 0.02, shape)
+        else:
+            w = rng.normal(0.0, 1.0, shape)
+        p.set_value(w.astype(np.float32))
+
+
+def build_user_encoder(seed: int = 0, num_labels: Optional[int] = None) -> UserEncoderClassifier:
+    """The "user-encoder" model: tiny-bert's vocabulary, d_model 32, 2 layers of 4 heads, FFN 64."""
+    from unicompress import zoo as uzoo
+
+    cfg = uzoo.config_for("tiny-bert", num_labels)
+    model = UserEncoderClassifier(cfg.vocab_size, 32, 4, 64, 2, cfg.num_labels)
+    _random_user_weights(model, seed)
+    model.zoo_name = "user-encoder"
+    model.eval()
+    return model
+
+
 def build_model(zoo: str, seed: int = 0, num_labels: Optional[int] = None,
                 weights: Optional[dict[str, np.ndarray]] = None) -> Any:
-    """A zoo model ("tiny-bert", "tiny-vit", "minilm-l6") as a paddle.nn.Layer with the neutral weights.
+    """A zoo model ("tiny-bert", "tiny-vit", "minilm-l6") as a paddle.nn.Layer with the neutral weights, or
+    "user-encoder" (`UserEncoderClassifier`, random weights from `seed`: it has no neutral weights).
 
     Example: ``build_model("tiny-bert")(paddle.to_tensor(ids), paddle.to_tensor(mask))`` -> logits [B, 3].
     """
     from unicompress import zoo as uzoo
 
+    if zoo == "user-encoder":
+        if weights is not None:
+            raise ValueError("build_model('user-encoder') takes no weights=: it is a plain nn.TransformerEncoder "
+                             "classifier with random weights from `seed`, not a zoo architecture with neutral names")
+        return build_user_encoder(seed, num_labels)
     cfg = uzoo.config_for(zoo, num_labels)
     model = ViTForImageClassification(cfg) if zoo == "tiny-vit" else BertForSequenceClassification(cfg)
     model.zoo_name = zoo

@@ -1,6 +1,8 @@
 """PruningSpec on Paddle: PaddleSlim's UnstructuredPruner (magnitude, per-layer/global, blocks, gradual),
 paddle.incubate.asp (N:M), and PaddleSlim's L1/L2 filter scoring + PruningPlan (neurons, heads).
 
+Every handler carries out the core's plan (`ctx.plan`): exactly the planned Linears (unstructured, block, N:M),
+the planned attention blocks (heads), FFN pairs and lone Linears (neurons), located by `ctx.plan.structure`.
 Every handler records the keep-masks it applied (`training.record_masks`) so later training keeps them.
 """
 from __future__ import annotations
@@ -12,20 +14,20 @@ from typing import Any
 import numpy as np
 
 from unicompress.backend.adapter import StageContext
-from unicompress.backend.types import TaskData, count_nonzero
+from unicompress.backend.plan import StagePlan
+from unicompress.backend.types import AttentionInfo, FFNInfo, TaskData, count_nonzero
 from unicompress.reference.pruning import polynomial_sparsity
 from unicompress.specs import Criterion, Granularity, PruningSpec, ScheduleKind, Scope
 
 from . import compat
-from .layers import compressible, host_view, layer_infos, structure
+from .layers import compressible, host_view
 from .training import record_masks, train
 
 
-def selected_linears(model: Any, spec: PruningSpec) -> dict[str, Any]:
-    """name -> Linear chosen by the spec's selector (embeddings never: they are not Linear weights)."""
+def planned_linears(model: Any, plan: StagePlan) -> dict[str, Any]:
+    """name -> Linear of every layer the plan selected (the planner admits only this backend's weight kinds)."""
     layers = compressible(model)
-    return {i.name: layers[i.name] for i in layer_infos(model)
-            if i.kind == "linear" and spec.selector.matches(i.name, i.role)}
+    return {n: layers[n] for n in plan.selected}
 
 
 def overall_sparsity(layers: dict[str, Any]) -> float:
@@ -72,7 +74,7 @@ def _unstructured_pruner(model: Any, layers: dict[str, Any], spec: PruningSpec, 
 
 
 def _magnitude(model: Any, spec: PruningSpec, data: TaskData, ctx: StageContext) -> Any:
-    layers = selected_linears(model, spec)
+    layers = planned_linears(model, ctx.plan)
     sched = spec.schedule
     if sched.kind is ScheduleKind.one_shot:
         pruner = _unstructured_pruner(model, layers, spec, spec.target_sparsity)
@@ -120,7 +122,7 @@ def _n_m(model: Any, spec: PruningSpec, data: TaskData, ctx: StageContext) -> An
     """paddle.incubate.asp.prune_model with `mask_1d`: N smallest |w| of every M along the input dim."""
     from paddle.incubate import asp
 
-    layers = selected_linears(model, spec)
+    layers = planned_linears(model, ctx.plan)
     keep = {l.weight.name for l in layers.values()}
     others = [p.name for p in model.parameters() if p.name not in keep]
     asp.set_excluded_layers(param_names=others, main_program=None)
@@ -135,83 +137,124 @@ def _n_m(model: Any, spec: PruningSpec, data: TaskData, ctx: StageContext) -> An
 
 def keep_vectors(spec: PruningSpec, ratio: float, values: list[np.ndarray]) -> list[np.ndarray]:
     """PaddleSlim filter scores -> one keep-vector per matrix of unit rows: per layer, or (scope: global)
-    one ranking over the rows of all matrices stacked (every unit row has the same length)."""
+    one ranking over the rows of all matrices stacked. Rows of different lengths are zero-padded to one
+    length first: that leaves each row's L1/L2 norm as it is, so the ranking is by the unit norms."""
     scorer = compat.filter_scorer(spec.norm.value)
     if spec.scope is Scope.global_ and values:
-        keep = scorer.cal_mask(ratio, compat.ScoringCollection("all", np.concatenate(values))).astype(bool)
+        width = max(v.shape[1] for v in values)
+        stacked = np.concatenate([np.pad(v, ((0, 0), (0, width - v.shape[1]))) for v in values])
+        keep = scorer.cal_mask(ratio, compat.ScoringCollection("all", stacked)).astype(bool)
         return np.split(keep, np.cumsum([len(v) for v in values])[:-1])
     return [scorer.cal_mask(ratio, compat.ScoringCollection(str(i), v)).astype(bool) for i, v in enumerate(values)]
 
 
-def _neuron(model: Any, spec: PruningSpec, ratio: float, remove: bool) -> float:
-    """FFN neurons: PaddleSlim's L1/L2 filter score on the rows of ffn_in ([out, in]), then PruningPlan
-    slices (or zeroes) ffn_in's columns + bias and ffn_out's input rows."""
-    st = structure(model)
+def _neutral(layer: Any) -> np.ndarray:
+    return layer.weight.numpy().T  # Paddle's [in, out] -> neutral [out, in]
+
+
+def _rows_out(plans: dict, masks: dict, name: str, layer: Any, keep: np.ndarray) -> None:
+    """Plan: drop (or zero) the output rows `~keep` of a Linear: its weight columns (Paddle [in, out]) and bias."""
+    plans[layer.weight] = (1, keep)
+    if layer.bias is not None:
+        plans[layer.bias] = (0, keep)
+    masks[name] = np.repeat(keep[:, None], layer.weight.shape[0], 1)
+
+
+def _cols_in(plans: dict, masks: dict, name: str, layer: Any, keep: np.ndarray) -> None:
+    """Plan: drop (or zero) the input columns `~keep` of a Linear (rows of Paddle's [in, out] weight)."""
+    plans[layer.weight] = (0, keep)
+    masks[name] = np.repeat(keep[None, :], layer.weight.shape[1], 0)
+
+
+def _resize(layers: dict[str, Any], names) -> None:
+    """Keep Linear's bookkeeping in step with its sliced weight."""
+    for name in names:
+        w = layers[name].weight
+        layers[name]._in_features, layers[name]._out_features = w.shape
+
+
+def _neuron(model: Any, spec: PruningSpec, ratio: float, remove: bool, plan: StagePlan) -> float:
+    """FFN neurons and lone Linears' output units: PaddleSlim's L1/L2 filter score on the rows of ffn_in
+    (with its gate) or of the lone Linear ([out, in]), then PruningPlan slices (or zeroes) ffn_in's (and the
+    gate's) output units + biases and ffn_out's inputs. Lone Linears' rows are only zeroed: nothing says
+    which layer consumes them."""
     layers = compressible(model)
-    chosen = selected_linears(model, spec)
-    pairs = [p for p in st.ffn if p.ffn_in in chosen or p.ffn_out in chosen]
-    values = [layers[p.ffn_in].weight.numpy().T for p in pairs]  # neutral [out, in]: one row per neuron
+    pairs: tuple[FFNInfo, ...] = plan.ffn
+    values = [np.concatenate([_neutral(layers[n]) for n in (p.ffn_in, p.gate) if n], axis=1) for p in pairs]
+    values += [_neutral(layers[n]) for n in plan.rows]
     kept = keep_vectors(spec, ratio, values)
     plans, masks = {}, {}
-    for pair, value, keep in zip(pairs, values, kept):
-        lin, lout = layers[pair.ffn_in], layers[pair.ffn_out]
-        plans.update({lin.weight: (1, keep), lin.bias: (0, keep), lout.weight: (0, keep)})
-        masks[pair.ffn_in] = np.repeat(keep[:, None], value.shape[1], 1)
-        masks[pair.ffn_out] = np.repeat(keep[None, :], lout.weight.shape[1], 0)
+    for pair, keep in zip(pairs, kept):
+        for name in (pair.ffn_in, pair.gate):
+            if name:
+                _rows_out(plans, masks, name, layers[name], keep)
+        _cols_in(plans, masks, pair.ffn_out, layers[pair.ffn_out], keep)
+    row_plans, row_masks = {}, {}
+    for name, keep in zip(plan.rows, kept[len(pairs):]):
+        _rows_out(row_plans, row_masks, name, layers[name], keep)
     compat.apply_plan(model, plans, remove=remove)
+    compat.apply_plan(model, row_plans, remove=False)
     if remove:
-        for pair in st.ffn:  # keep Linear's bookkeeping in step with the sliced weights
-            for name in (pair.ffn_in, pair.ffn_out):
-                w = layers[name].weight
-                layers[name]._in_features, layers[name]._out_features = w.shape
+        _resize(layers, [n for p in pairs for n in p.layers])
     else:
         record_masks(model, masks)
+    record_masks(model, row_masks)
     return 1.0 - float(np.concatenate(kept).mean()) if kept else 0.0
 
 
-def head_value_matrix(q, k, v, o, num_heads: int) -> np.ndarray:
-    """One row per head holding all its weights (Q/K/V rows, O columns of the neutral [out, in] layout),
-    so a filter scorer's row norm is the head norm of the spec."""
-    d = q.shape[0] // num_heads
-    return np.stack([np.concatenate([q[h * d:(h + 1) * d].ravel(), k[h * d:(h + 1) * d].ravel(),
-                                     v[h * d:(h + 1) * d].ravel(), o[:, h * d:(h + 1) * d].ravel()])
-                     for h in range(num_heads)])
+def head_rows(att: AttentionInfo) -> dict[str, list[np.ndarray]]:
+    """Input layer -> the output rows (neutral [out, in]) of each head: Q/K/V rows of the head; for a packed
+    QKV its rows in each of the q | k | v thirds; under grouped-query attention only Q (K/V heads are shared)."""
+    d, h = att.head_dim, att.num_heads
+    own = [np.arange(i * d, (i + 1) * d) for i in range(h)]
+    if att.packed:
+        return {att.query: [np.concatenate([r + j * h * d for j in range(3)]) for r in own]}
+    if att.kv_heads != att.num_heads:
+        return {att.query: own}
+    return {n: own for n in (att.query, att.key, att.value)}
 
 
-def _head(model: Any, spec: PruningSpec, ratio: float, remove: bool) -> float:
+def _head_values(att: AttentionInfo, layers: dict[str, Any]) -> np.ndarray:
+    """One row per head holding all its weights (its rows of every input projection, its O columns), so a
+    filter scorer's row norm is the head norm of the spec; any layout (separate, packed, grouped-query)."""
+    rows = head_rows(att)
+    w = {n: _neutral(layers[n]) for n in rows}
+    o = _neutral(layers[att.output])
+    d = att.head_dim
+    return np.stack([np.concatenate([w[n][rows[n][i]].ravel() for n in rows] + [o[:, i * d:(i + 1) * d].ravel()])
+                     for i in range(att.num_heads)])
+
+
+def _owner(model: Any, att: AttentionInfo) -> Any:
+    """The layer whose `num_heads` drives the reshape: the parent of the query projection
+    (paddle.nn.MultiHeadAttention, the zoo's SelfAttention)."""
+    parent = att.query.rpartition(".")[0]
+    return model if not parent else dict(model.named_sublayers())[parent]
+
+
+def _head(model: Any, spec: PruningSpec, ratio: float, remove: bool, plan: StagePlan) -> float:
     """Attention heads: PaddleSlim's L1/L2 filter score per head, then PruningPlan slices (or zeroes)
-    the head's Q/K/V columns + biases and O rows; `num_heads` shrinks when heads are removed."""
-    from .models import encoder_blocks
-
-    st = structure(model)
+    the head's Q/K/V output units + biases and O inputs; the attention's `num_heads` shrinks when heads are
+    removed (Paddle's MultiHeadAttention reshapes with num_heads x head_dim; embed_dim stays the model width)."""
     layers = compressible(model)
-    chosen = selected_linears(model, spec)
-    blocks = encoder_blocks(model)
-    atts = [a for a in st.attention if any(n in chosen for n in (a.query, a.key, a.value, a.output))]
-    values = [head_value_matrix(*(layers[n].weight.numpy().T for n in (a.query, a.key, a.value, a.output)),
-                                a.num_heads) for a in atts]
-    kept = keep_vectors(spec, ratio, values)
-    plans, masks, new_heads = {}, {}, {}
+    atts: tuple[AttentionInfo, ...] = plan.attention
+    kept = keep_vectors(spec, ratio, [_head_values(a, layers) for a in atts])
+    plans, masks = {}, {}
     for att, keep_h in zip(atts, kept):
-        q, k, v, o = (layers[n] for n in (att.query, att.key, att.value, att.output))
-        keep = np.repeat(keep_h, att.head_dim)
-        for lin in (q, k, v):
-            plans[lin.weight], plans[lin.bias] = (1, keep), (0, keep)
-            masks[lin_name(layers, lin)] = np.repeat(keep[:, None], lin.weight.shape[0], 1)
-        plans[o.weight] = (0, keep)
-        masks[att.output] = np.repeat(keep[None, :], o.weight.shape[1], 0)
-        new_heads[att.block] = int(keep_h.sum())
+        for name, per_head in head_rows(att).items():
+            keep = np.ones(_neutral(layers[name]).shape[0], bool)
+            for i in np.flatnonzero(~keep_h):
+                keep[per_head[i]] = False
+            _rows_out(plans, masks, name, layers[name], keep)
+        _cols_in(plans, masks, att.output, layers[att.output], np.repeat(keep_h, att.head_dim))
     compat.apply_plan(model, plans, remove=remove)
     if remove:
-        for block, heads in new_heads.items():
-            getattr(blocks[block].attention, "self").num_heads = heads
+        for att, keep_h in zip(atts, kept):
+            _owner(model, att).num_heads = int(keep_h.sum())
+        _resize(layers, [n for a in atts for n in a.layers])
     else:
         record_masks(model, masks)
     return 1.0 - float(np.concatenate(kept).mean()) if kept else 0.0
-
-
-def lin_name(layers: dict[str, Any], lin: Any) -> str:
-    return next(n for n, l in layers.items() if l is lin)
 
 
 def prune(model: Any, spec: PruningSpec, data: TaskData, ctx: StageContext) -> Any:
@@ -239,9 +282,9 @@ def _structured(model: Any, spec: PruningSpec, data: TaskData, ctx: StageContext
                 return
             ratio = polynomial_sparsity(step, spec.target_sparsity, sched.initial_sparsity,
                                         sched.begin_step, sched.end_step, sched.power)
-            ctx.log("sparsity", step, unit(model, spec, ratio, False))
+            ctx.log("sparsity", step, unit(model, spec, ratio, False, ctx.plan))
 
         train(model, data, spec.training, ctx, on_step=on_step)
-    achieved = unit(model, spec, spec.target_sparsity, spec.remove_pruned)
+    achieved = unit(model, spec, spec.target_sparsity, spec.remove_pruned, ctx.plan)
     ctx.log("sparsity", spec.training.steps if sched.kind is ScheduleKind.polynomial else 0, achieved)
     return model

@@ -13,32 +13,28 @@ amax / (2^(b-1)-1) and the zero-point 0. Converted layers keep the integers in `
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 from typing import Any, Optional
 
 import numpy as np
 
 from unicompress.backend.adapter import StageContext
+from unicompress.backend.plan import StagePlan
 from unicompress.backend.types import QuantizedTensor, TaskData
 from unicompress.specs import CalibrationMethod, Mapping, QuantGranularity, QuantizationSpec, QuantMode, Scheme
 
 from . import compat
 from .compat import paddle
-from .layers import compressible, layer_infos, to_tensors
+from .layers import compressible, to_tensors
 from .training import train
 
 LOG_ATTR = "_unicompress_log"
 
 
-def _settings(spec: QuantizationSpec, name: str) -> Optional[dict]:
-    """Bits / granularity / scheme for one layer after the overrides (None = keep in float)."""
-    out = {"bits": spec.bits, "granularity": spec.granularity, "scheme": spec.scheme}
-    for o in spec.overrides:
-        if fnmatch.fnmatchcase(name, o.pattern):
-            if o.skip:
-                return None
-            out.update({k: getattr(o, k) for k in ("bits", "granularity", "scheme") if getattr(o, k) is not None})
+def _settings(spec: QuantizationSpec, name: str) -> dict:
+    """Bits / granularity / scheme of one planned layer (the core's override rule, `planner.layer_settings`)."""
+    from unicompress.planner import layer_settings
+    out = layer_settings(spec, name)
     if out["scheme"] is not Scheme.symmetric:
         raise NotImplementedError("Paddle's quanters are symmetric abs-max: scheme 'asymmetric' is not supported")
     return out
@@ -82,23 +78,24 @@ def _activation_factory(spec: QuantizationSpec):
     return obs.AbsmaxObserver(quant_bits=bits)
 
 
-def selected(model: Any, spec: QuantizationSpec) -> dict[str, tuple[Any, dict]]:
+def selected(model: Any, spec: QuantizationSpec, plan: StagePlan) -> dict[str, tuple[Any, dict]]:
+    """name -> (Linear, settings) of every layer the plan quantizes (its selection minus `skip` overrides)."""
     layers = compressible(model)
-    out = {}
-    for info in layer_infos(model):
-        if info.kind != "linear" or not spec.selector.matches(info.name, info.role):
-            continue
-        s = _settings(spec, info.name)
-        if s is not None:
-            out[info.name] = (layers[info.name], s)
-    return out
+    return {name: (layers[name], _settings(spec, name)) for name in plan.selected}
 
 
-def _config(model: Any, spec: QuantizationSpec):
+def _config(model: Any, spec: QuantizationSpec, plan: Optional[StagePlan] = None):
+    """A QuantConfig covering exactly the planned layers (plan: the core's, made here when not given)."""
     from paddle.quantization import QuantConfig
 
+    if plan is None:
+        from unicompress.planner import plan_stage
+
+        from .backend import PaddleAdapter
+        plan = plan_stage(PaddleAdapter(), model, spec)
+
     cfg = QuantConfig(activation=None, weight=None)  # only the layers added below are quantized
-    chosen = selected(model, spec)
+    chosen = selected(model, spec, plan)
     for name, (layer, s) in chosen.items():
         cfg.add_layer_config([layer], activation=_activation_factory(spec), weight=_weight_factory(spec, s))
     return cfg, chosen
@@ -135,7 +132,7 @@ def quantize(model: Any, spec: QuantizationSpec, data: Optional[TaskData], ctx: 
         return _log_quantize(model, spec, data, ctx)
     from paddle.quantization import PTQ, QAT
 
-    cfg, chosen = _config(model, spec)
+    cfg, chosen = _config(model, spec, ctx.plan)
     if spec.mode is QuantMode.qat:
         q = QAT(cfg)
         model.train()
@@ -265,7 +262,7 @@ def _swap(model: Any, name: str, new: Any) -> None:
 
 
 def _log_quantize(model: Any, spec: QuantizationSpec, data: Optional[TaskData], ctx: StageContext) -> Any:
-    for name, (layer, s) in selected(model, spec).items():
+    for name, (layer, s) in selected(model, spec, ctx.plan).items():
         new = LogQuantLinear(layer.weight.shape[0], layer.weight.shape[1])
         new.weight.set_value(layer.weight.numpy())
         new.bias.set_value(layer.bias.numpy())

@@ -12,5 +12,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch==2.13.0 is pinned exactly (constraints.txt): a looser pin pulls a multi-GB CUDA build (STACK.md).
 .venv/bin/python -m pip install -q -c constraints.txt \
   -e ".[dev,data,plot]" \
-  -e adapters/torch -e adapters/tensorflow -e adapters/paddle
+  -e adapters/torch -e adapters/tensorflow -e adapters/paddle \
+  -e adapters/onnx
 .venv/bin/python -c "import unicompress, sys; print('unicompress', unicompress.__version__, 'in', sys.prefix)"

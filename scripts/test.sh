@@ -22,6 +22,7 @@ run core tests
 run torch adapters/torch/tests
 run tensorflow adapters/tensorflow/tests
 run paddle adapters/paddle/tests
+run onnx adapters/onnx/tests
 run conformance conformance_tests
 .venv/bin/python scripts/tally_junit.py "$OUT"/*.xml || status=1
 exit $status

@@ -7,7 +7,8 @@ BLOCK = textwrap.dedent("""
     import sys, importlib.abc
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split('.')[0] in {'torch', 'tensorflow', 'paddle', 'paddleslim', 'keras', 'tf_keras', 'torchao'}:
+            if name.split('.')[0] in {'torch', 'tensorflow', 'paddle', 'paddleslim', 'keras', 'tf_keras', 'torchao',
+                                      'onnx', 'onnxruntime'}:
                 raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
     sys.meta_path.insert(0, Block())
 """)

@@ -1,0 +1,112 @@
+"""OnnxAdapter: the `onnx` backend. Imports neither onnx nor onnxruntime at module level.
+
+The model object is an `onnx.ModelProto`. The core plans every stage (`ctx.plan`); the handlers here only
+carry the plan out on the graph: numpy on the weight initializers for pruning and low rank,
+`onnxruntime.quantization` for int8. This file is the template a third-party backend copies.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from unicompress.backend.adapter import Adapter, StageContext
+from unicompress.backend.capabilities import Capabilities
+from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TaskData
+from unicompress.errors import CapabilityError, Problem
+from unicompress.specs import LowRankSpec, PruningSpec, QuantizationSpec
+
+from .capabilities import onnx_capabilities
+
+
+def _lazy(module: str, function: str) -> Callable[..., Any]:
+    """A handler that imports `unicompress_onnx.<module>` only when it is called."""
+    def handler(model: Any, spec: Any, data: Optional[TaskData], ctx: StageContext) -> Any:
+        return getattr(importlib.import_module(f"unicompress_onnx.{module}"), function)(model, spec, data, ctx)
+    handler.__name__ = f"{module}.{function}"
+    return handler
+
+
+class OnnxAdapter(Adapter):
+    """ONNX backend: compresses an `onnx.ModelProto` (e.g. from `onnx.load("model.onnx")`) in place of a copy.
+
+    Example: ``compress(onnx.load("encoder.onnx"), {"stages": [{"technique": "quantization", "mode": "dynamic"}]},
+    backend="onnx")``.
+    """
+
+    name = "onnx"
+    requirements = ("onnx==1.17.0", "onnxruntime>=1.17", "ml_dtypes")
+    framework_modules = ("onnx",)
+    weight_kinds = frozenset({"linear"})
+    zoo_models = ("tiny-bert", "tiny-vit", "minilm-l6", "user-encoder")
+
+    def _mod(self, name: str) -> Any:
+        self.require("onnx", "onnxruntime")
+        return importlib.import_module(f"unicompress_onnx.{name}")
+
+    def capabilities(self) -> Capabilities:
+        return onnx_capabilities()
+
+    def refusals(self, spec: Any) -> list[Problem]:
+        """What onnxruntime.quantization cannot express although each value is in the table."""
+        out = []
+        if isinstance(spec, QuantizationSpec):
+            if spec.scheme.value == "symmetric" and not spec.narrow_range:
+                out.append(Problem("narrow_range", False, "ONNX Runtime's symmetric int8 grid is [-127, 127]: "
+                                   "use narrow_range: true or scheme: asymmetric"))
+            if spec.mode.value == "dynamic" and spec.activation_scheme.value == "symmetric":
+                out.append(Problem("activation_scheme", "symmetric", "quantize_dynamic computes asymmetric uint8 "
+                                   "activations (DynamicQuantizeLinear): use activation_scheme: asymmetric"))
+        return out
+
+    def is_model(self, obj: Any) -> bool:
+        """An onnx.ModelProto, judged by its type's module and name (onnx is not imported)."""
+        t = type(obj)
+        return t.__name__ == "ModelProto" and t.__module__.split(".")[0] == "onnx"
+
+    def copy(self, model: Any) -> Any:
+        out = type(model)()
+        out.CopyFrom(model)
+        return out
+
+    def layers(self, model: Any) -> list[LayerInfo]:
+        return self._mod("layers").layer_infos(model)
+
+    def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        return self._mod("layers").weights(model, names)
+
+    def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
+        self._mod("layers").set_weights(model, weights)
+
+    def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
+        return self._mod("layers").quantized_weights(model)
+
+    def run(self, model: Any, inputs: Inputs) -> np.ndarray:
+        return self._mod("runtime").run(model, inputs)
+
+    def describe(self, model: Any) -> list[LayerStats]:
+        return self._mod("layers").describe(model)
+
+    def handlers(self) -> dict[type, Callable[..., Any]]:
+        return {
+            PruningSpec: _lazy("pruning", "apply_pruning"),
+            QuantizationSpec: _lazy("quantization", "apply_quantization"),
+            LowRankSpec: _lazy("lowrank", "apply_low_rank"),
+        }
+
+    def apply(self, model: Any, spec: Any, data: Optional[TaskData] = None,
+              ctx: Optional[StageContext] = None) -> Any:
+        """Refuse what the table does not claim (also on direct calls), then run the core's plan."""
+        caps = self.capabilities()
+        problems = caps.problems(spec) + self.refusals(spec) if hasattr(spec, "capability_items") else []
+        if problems:
+            raise CapabilityError(self.name, problems, caps.to_text())
+        return super().apply(model, spec, data, ctx)
+
+    def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
+        return self._mod("runtime").export_onnx(model, path)
+
+    def build_model(self, zoo: str, **kwargs: Any) -> Any:
+        return self._mod("models").build_model(zoo, **kwargs)

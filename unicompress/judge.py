@@ -137,8 +137,9 @@ def _nm_pattern(adapter: Any, model: Any, spec: PruningSpec, plan: StagePlan) ->
                  else f"groups with fewer than {spec.n} zeros: {', '.join(bad[:4])}")
 
 
-def _units(spec: PruningSpec, width: int) -> int:
-    return int(round(spec.target_sparsity * width))
+def _units(spec: PruningSpec, width: int, groups: int = 1) -> int:
+    """Units a per-layer spec prunes of `width` (per K/V group under grouped-query attention)."""
+    return groups * int(round(spec.target_sparsity * width / groups))
 
 
 def _structured(adapter: Any, model: Any, spec: PruningSpec, plan: StagePlan, before: BeforeStage,
@@ -169,7 +170,7 @@ def _structured(adapter: Any, model: Any, spec: PruningSpec, plan: StagePlan, be
     if spec.scope is Scope.global_:
         ok = not problems and abs(total_pruned - round(target * total_units)) <= max(1, len(units))
     else:
-        ok = not problems and all(abs(len(p) - _units(spec, w)) <= 1 for _, p, w in units)
+        ok = not problems and all(abs(len(p) - _units(spec, w, u.groups if u else 1)) <= 1 for u, p, w in units)
     kind = "heads" if spec.granularity is Granularity.head else "neurons"
     figure = (f"{total_pruned}/{total_units} {kind} {'removed' if removing else 'zeroed'} in {len(units)} "
               f"block(s) (target {target:.3f})" + (f", {len(plan.rows)} lone layer(s) zeroed" if plan.rows else ""))
@@ -206,6 +207,7 @@ class _Unit:
     size: int  # rows (and columns) per unit: head_dim, or 1 for a neuron
     packed: bool = False
     kv: tuple[str, ...] = ()  # grouped-query K/V layers (own head count): not matched unit by unit
+    groups: int = 1  # grouped-query attention: query heads are pruned in equal numbers per K/V group
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -237,7 +239,8 @@ def _unit_groups(plan: StagePlan) -> list[_Unit]:
     for a in plan.attention:
         gqa = a.num_kv_heads is not None and a.num_kv_heads != a.num_heads
         inputs = (a.query,) if (a.packed or gqa) else (a.query, a.key, a.value)
-        out.append(_Unit(inputs, a.output, a.head_dim, a.packed, kv=(a.key, a.value) if gqa else ()))
+        out.append(_Unit(inputs, a.output, a.head_dim, a.packed, kv=(a.key, a.value) if gqa else (),
+                         groups=a.kv_heads if gqa else 1))
     for f in plan.ffn:
         out.append(_Unit((f.ffn_in,) + ((f.gate,) if f.gate else ()), f.ffn_out, 1))
     return out

@@ -25,6 +25,7 @@ from .specs import (DistillationSpec, FineTuneSpec, Granularity, LowRankSpec, Pr
                     StructureDeclaration)
 from .specs.selector import LayerRole
 from .structure import assign_roles, declared_structure
+from .structure.roles import factorised_base
 
 _DECLARE_HINT = ("declare it in the recipe, e.g.\n    structure:\n      num_heads: 12\n      roles: {\"*.attn.q\": query, "
                  "\"*.attn.k\": key, \"*.attn.v\": value, \"*.attn.o\": attention_output, \"*.mlp.fc1\": ffn_in, "
@@ -78,8 +79,7 @@ def plan_stage(adapter: Any, model: Any, spec: Any, index: int = 0,
         raise LayerSelectionError(_no_match(where, layers, st, adapter))
     if isinstance(spec, PruningSpec):
         return _plan_pruning(adapter, spec, index, layers, chosen, st)
-    kinds = adapter.weight_kinds
-    usable, partial = _split_kinds(chosen, kinds)
+    usable, partial = _split_kinds(chosen, adapter.weight_kinds_for(spec))
     if isinstance(spec, QuantizationSpec):
         settings = {layer.name: layer_settings(spec, layer.name) for layer in usable}
         skipped_by_override = tuple((n, "override skip: kept float") for n, s in settings.items() if s["skip"])
@@ -100,7 +100,7 @@ def _plan_pruning(adapter: Any, spec: PruningSpec, index: int, layers: Sequence[
     where = f"stages[{index}]"
     g = spec.granularity
     if g in (Granularity.unstructured, Granularity.n_m, Granularity.block):
-        usable, partial = _split_kinds(chosen, adapter.weight_kinds)
+        usable, partial = _split_kinds(chosen, adapter.weight_kinds_for(spec))
         _refuse_partial(where, spec.selector, partial, adapter)
         problems = _shape_problems(where, spec, usable)
         if problems:
@@ -112,6 +112,11 @@ def _plan_pruning(adapter: Any, spec: PruningSpec, index: int, layers: Sequence[
             f"{where}: granularity {g.value!r} prunes whole {'heads' if g is Granularity.head else 'FFN neurons'}, "
             f"but no Transformer structure was found in this model ({_found(layers)}); {_DECLARE_HINT}")
     names = {layer.name for layer in chosen}
+    factorised = sorted({b for b in (factorised_base(layer.name) for layer in layers) if b is not None}
+                        & ({n for a in st.attention for n in a.layers} | {n for f in st.ffn for n in f.layers}))
+    if factorised:
+        raise StructureError(f"{where}: granularity {g.value!r} needs whole projections, but {factorised[0]} was "
+                             "factorised by low rank; prune heads/neurons before the low_rank stage")
     if g is Granularity.head:
         return _plan_heads(spec, index, layers, chosen, names, st)
     return _plan_neurons(adapter, spec, index, layers, chosen, names, st)
@@ -127,6 +132,13 @@ def _plan_heads(spec: PruningSpec, index: int, layers: Sequence[LayerInfo], chos
     problems = []
     for a in blocks:
         k = round(spec.target_sparsity * a.num_heads)
+        group = a.num_heads // a.kv_heads
+        if a.kv_heads != a.num_heads and round(spec.target_sparsity * group) == 0:
+            problems.append(Problem(f"{where}.sparsity", spec.sparsity,
+                                    f"block {a.block} shares each K/V head among {group} query heads (grouped-query "
+                                    f"attention): heads are pruned per group, and {spec.sparsity} of {group} rounds "
+                                    f"to none; use sparsity >= {0.5 / group:.3f}"))
+            break
         if k >= a.num_heads:
             problems.append(Problem(f"{where}.sparsity", spec.sparsity,
                                     f"block {a.block} has {a.num_heads} heads: sparsity {spec.sparsity} removes "
@@ -154,7 +166,7 @@ def _plan_neurons(adapter: Any, spec: PruningSpec, index: int, layers: Sequence[
     in_pairs = {n for f in pairs for n in f.layers}
     in_attention = {n for a in st.attention for n in a.layers}
     rows = tuple(layer.name for layer in chosen if layer.name not in in_pairs and layer.name not in in_attention
-                 and layer.role is LayerRole.other and layer.kind in adapter.weight_kinds)
+                 and layer.role is LayerRole.other and layer.kind in adapter.weight_kinds_for(spec))
     if not pairs and not rows:
         raise StructureError(f"{where}: granularity 'neuron' found {len(st.ffn)} FFN pair(s) ({st.summary()}), "
                              f"but the selector chose no ffn_in layer of them; select role ffn_in or {_DECLARE_HINT}")

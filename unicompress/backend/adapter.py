@@ -85,6 +85,14 @@ class Adapter(abc.ABC):
     def capabilities(self) -> Capabilities:
         """The table of spec values this backend honours (and whether natively or emulated)."""
 
+    def weight_kinds_for(self, spec: Any) -> frozenset[str]:
+        """The layer kinds this backend changes for this spec (default: `weight_kinds` for every technique).
+
+        Override where a toolkit can prune a kind it cannot quantize (torch's packed `in_proj`): the planner
+        then refuses a selection of that kind before work, or lists it as left alone with `allow_partial`.
+        """
+        return self.weight_kinds
+
     def refusals(self, spec: Any) -> list[Problem]:
         """Combinations of supported values this backend cannot do together (pure data, no framework).
 

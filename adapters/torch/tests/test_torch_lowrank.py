@@ -89,12 +89,14 @@ def test_vit_low_rank():
 
 
 def test_structured_pruning_after_low_rank_is_refused_clearly():
+    from unicompress.errors import StructureError
     from unicompress.specs import PruningSpec
 
     model, _, x = tiny()
     out, _ = _apply(model, rank=4)
     assert A.structure(out).hidden_size == 32
-    with pytest.raises(ValueError, match="before the low_rank stage"):
+    # the core planner refuses before work: the factorised Q/K/V are no longer whole projections
+    with pytest.raises(StructureError, match="prune heads/neurons before the low_rank stage"):
         A.apply(out, PruningSpec(granularity="head", sparsity=0.5), None, StageContext())
     pruned = A.apply(out, PruningSpec(sparsity=0.5), None, StageContext())  # unstructured works on factors
     assert (A.weights(pruned)[f"{FFN_IN}.0"] == 0).mean() == 0.5

@@ -72,7 +72,7 @@ def test_structure_and_roles_transformer_encoder():
     model = encoder_model()
     layers = {l.name: l for l in A.layers(model)}
     packed = layers["encoder.layers.0.self_attn.in_proj"]
-    assert (packed.kind, packed.role, packed.shape) == ("packed_qkv", LayerRole.other, (48, 16))
+    assert (packed.kind, packed.role, packed.shape) == ("packed_qkv", LayerRole.qkv, (48, 16))
     assert layers["encoder.layers.1.linear1"].role is LayerRole.ffn_in
     assert layers["encoder.layers.1.linear2"].role is LayerRole.ffn_out
     assert layers["encoder.layers.0.self_attn.out_proj"].role is LayerRole.attention_output

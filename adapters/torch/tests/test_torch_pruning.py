@@ -9,6 +9,7 @@ from unicompress_torch_testutil import encoder_model, task_data, tiny
 
 from unicompress.backend import get_backend
 from unicompress.backend.adapter import StageContext
+from unicompress.errors import LayerSelectionError, StructureError
 from unicompress.reference import pruning as R
 from unicompress.specs import FineTuneSpec, PruningSpec, TrainingSpec
 from unicompress_torch.pruning import GradualPruner, NMPruning, make_permanent
@@ -169,7 +170,7 @@ def test_transformer_encoder_neuron_removal_and_head_refusal():
     np.testing.assert_allclose(A.run(removed, x), A.run(masked, x), atol=1e-5)
     unstructured, _, _ = _prune(model, sparsity=0.5)  # the packed in_proj is pruned as one tensor
     assert R.sparsity_of(A.weights(unstructured)["encoder.layers.0.self_attn.in_proj"]) == 0.5
-    with pytest.raises(NotImplementedError, match="remove_pruned: false"):
+    with pytest.raises(StructureError, match="nn.MultiheadAttention needs num_heads"):  # refused before work
         _prune(model, granularity="head", sparsity=0.5)
 
 
@@ -201,7 +202,7 @@ def test_global_structured_keeps_one_unit_per_layer():
 
 def test_selector_choosing_nothing_is_an_error():
     model, _, _ = tiny()
-    with pytest.raises(ValueError, match="chose no layer"):
+    with pytest.raises(LayerSelectionError, match="matches no layer"):  # the core planner refuses
         _prune(model, sparsity=0.5, selector={"include": ["nothing.*"]})
 
 

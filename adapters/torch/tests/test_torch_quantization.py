@@ -404,9 +404,14 @@ def test_quantize_dynamic_breaks_transformer_encoder_fast_path_and_the_workaroun
         broken = quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
         with pytest.raises(AttributeError, match="device"):  # fast path reads linear1.weight.device
             broken(x)
-    with pytest.raises(NotImplementedError, match="out_proj"):  # MHA reads out_proj.weight as a tensor
+    # MHA reads in_proj_weight and out_proj.weight as tensors: refused before work (the packed kind by the planner)
+    from unicompress.errors import LayerSelectionError
+    with pytest.raises(LayerSelectionError, match="in_proj: layer kind 'packed_qkv'"):
         Q.apply_quantization(copy.deepcopy(model), _spec(mode="dynamic"), None, StageContext())
-    spec = _spec(mode="dynamic", selector={"exclude": ["*.self_attn.out_proj"]})
+    with pytest.raises(NotImplementedError, match="out_proj"):
+        Q.apply_quantization(copy.deepcopy(model), _spec(mode="dynamic", selector={"exclude": ["*.in_proj"]}), None,
+                             StageContext())
+    spec = _spec(mode="dynamic", selector={"exclude": ["*.self_attn.out_proj", "*.self_attn.in_proj"]})
     qm = Q.apply_quantization(copy.deepcopy(model), spec, None, StageContext())
     assert len(Q.quantized_weights(qm)) == 4  # linear1 and linear2 of both layers
     with torch.no_grad():

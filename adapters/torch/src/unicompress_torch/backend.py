@@ -47,6 +47,11 @@ class TorchAdapter(Adapter):
     def capabilities(self) -> Capabilities:
         return torch_capabilities()
 
+    def weight_kinds_for(self, spec: Any) -> frozenset[str]:
+        """The packed Q/K/V of nn.MultiheadAttention is pruned in place, but no torch quantization path can store
+        it (its forward reads ``in_proj_weight`` as a tensor): the planner refuses it for quantization up front."""
+        return frozenset({"linear"}) if isinstance(spec, QuantizationSpec) else self.weight_kinds
+
     def refusals(self, spec: Any) -> list[Problem]:
         """Value pairs the torch toolkits cannot do together (the table judges values one by one)."""
         out = []

@@ -28,6 +28,7 @@ from unicompress.fileio import atomic_directory, atomic_path
 from unicompress.zoo.vit import ViTConfig
 
 from . import layers as L
+from . import removal
 from .training import TENSOR_KEY, call_model, logits_of, to_torch_inputs
 
 
@@ -108,7 +109,7 @@ def export_native(model: nn.Module, directory: Path, metadata: Optional[dict[str
     from safetensors.torch import save_model
 
     directory = Path(directory)
-    layer_shapes = {r.name: list(r.shape) for r in L.discover(model)}
+    layer_shapes = {r.name: list(r.shape) for r in L.records(model)}
     info = {
         "format": "unicompress-torch/1",
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -167,4 +168,5 @@ def load_native(directory: Path) -> nn.Module:
                        f"unexpected {unexpected[:5]}")
     model.unicompress_pruned_heads = {int(k): v for k, v in info.get("pruned_heads", {}).items()}
     model.unicompress_intermediate_sizes = {int(k): v for k, v in info.get("intermediate_sizes", {}).items()}
+    removal.restore_heads(model)  # kept head ids and position-bias hooks of the removed heads
     return model.eval()

@@ -1,29 +1,32 @@
-"""Finding the compressible layers of any torch.nn.Module Transformer, their roles and its structure.
+"""The compressible layers of any torch.nn.Module, their roles and its Transformer structure.
 
-Works on Hugging Face BERT-style models (``*.attention.self.query`` ...), the zoo ViT (same names),
-`nn.TransformerEncoderLayer` stacks and plain modules (every nn.Linear / nn.Embedding is a layer).
-
-Layer names are module names. Two special cases:
+Layers are every nn.Linear, transformers `Conv1D` (GPT-2; kind ``linear``, its [in, out] weight shown
+transposed), nn.Embedding and packed Q/K/V projection. Layer names are module names, with two special cases:
   - `nn.MultiheadAttention` keeps Q, K and V packed in one ``in_proj_weight`` [3*E, E]; it is reported
-    as one layer ``<mha>.in_proj`` of kind ``packed_qkv`` and role ``other`` (it is Q, K and V at once);
-    the structure lists it as query, key and value of that block.
+    as one layer ``<mha>.in_proj`` of kind ``packed_qkv`` (role ``qkv``: Q, K and V at once);
   - a Linear factorised by `lowrank` becomes ``<name>.0`` and ``<name>.1`` (a `LowRankLinear`); both
     keep the role of the original layer.
-Weights are in the neutral [out, in] layout, which is torch's own Linear layout.
+Weights are in the neutral [out, in] layout (torch's own Linear layout; Conv1D weights are transposed).
+
+Roles come from ``unicompress.structure.assign_roles(records, structure)``: the structure that `discovery`
+finds from layer types and the config decides; the name patterns below are only the fallback for models
+without a recognised structure (and for embeddings, pooler and head names).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from unicompress.backend.types import (AttentionInfo, FFNInfo, LayerInfo, LayerStats, TransformerStructure,
-                                     count_nonzero, known_names)
-from unicompress.specs.selector import LayerRole, LayerSelector
+from unicompress.backend.types import LayerInfo, LayerStats, TransformerStructure, count_nonzero, known_names
+from unicompress.specs.selector import LayerRole
+from unicompress.structure import assign_roles
+
+from .discovery import discover as _discover, is_conv1d
 
 
 class LowRankLinear(nn.Sequential):
@@ -40,16 +43,17 @@ class LayerRecord:
     kind: str  # "linear", "embedding", "packed_qkv"
     role: LayerRole
     block: Optional[int]
+    transposed: bool = False  # transformers Conv1D: the parameter is [in, out]
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(effective_weight(self.module, self.param).shape)
+        return tuple(effective_weight(self.module, self.param, self.transposed).shape)
 
     def info(self) -> LayerInfo:
         return LayerInfo(self.name, self.kind, self.role, self.shape, self.block)
 
 
-# name suffix -> role; checked in order (the first match wins)
+# name suffix -> role: the fallback for models without a recognised structure; the first match wins
 _ROLE_PATTERNS: tuple[tuple[str, LayerRole], ...] = (
     (r"(^|\.)attention\.self\.query$", LayerRole.query),
     (r"(^|\.)attention\.self\.key$", LayerRole.key),
@@ -67,13 +71,15 @@ _ROLE_PATTERNS: tuple[tuple[str, LayerRole], ...] = (
     (r"(^|\.)(classifier|lm_head|score|head)(\.out_proj)?$", LayerRole.classifier),
     (r"(^|\.)embeddings?(\.|$)", LayerRole.embedding),
 )
-_BLOCK = re.compile(r"\.(?:layer|layers|blocks|h)\.(\d+)(?:\.|$)")
+_BLOCK = re.compile(r"\.(?:layer|layers|blocks|block|h)\.(\d+)(?:\.|$)")
 
 
 def role_for(name: str, module: nn.Module, low_rank: frozenset = frozenset()) -> LayerRole:
-    """The role of a layer from its type and name (a low-rank part takes its container's name)."""
+    """The fallback role of a layer from its type and name (a low-rank part takes its container's name)."""
     if isinstance(module, nn.Embedding):
         return LayerRole.embedding
+    if isinstance(module, nn.MultiheadAttention):
+        return LayerRole.qkv
     base = name
     if name.endswith((".0", ".1")) and name[:-2] in low_rank:
         base = name[:-2]
@@ -88,20 +94,32 @@ def block_of(name: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def discover(model: nn.Module) -> list[LayerRecord]:
-    """Every Linear, Embedding and packed Q/K/V projection of `model`, in module order."""
+def records(model: nn.Module) -> list[LayerRecord]:
+    """Every Linear, Conv1D, Embedding and packed Q/K/V projection of `model`, in module order, with the
+    fallback (name-based) roles; `discover` gives the roles the structure decides."""
     low_rank = frozenset(n for n, m in model.named_modules() if isinstance(m, LowRankLinear))
     out = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) or is_conv1d(module):
             out.append(LayerRecord(name, module, "weight", "linear", role_for(name, module, low_rank),
-                                   block_of(name)))
+                                   block_of(name), transposed=not isinstance(module, nn.Linear)))
         elif isinstance(module, nn.Embedding):
             out.append(LayerRecord(name, module, "weight", "embedding", LayerRole.embedding, block_of(name)))
         elif isinstance(module, nn.MultiheadAttention) and _has(module, "in_proj_weight"):
             out.append(LayerRecord(f"{name}.in_proj" if name else "in_proj", module, "in_proj_weight",
-                                   "packed_qkv", LayerRole.other, block_of(name)))
+                                   "packed_qkv", LayerRole.qkv, block_of(name)))
     return out
+
+
+def discover(model: nn.Module, structure_: Optional[TransformerStructure] = None) -> list[LayerRecord]:
+    """The layer records with their roles and blocks from the structure (`assign_roles`; names as fallback).
+
+    `structure_` overrides discovery (e.g. a structure declared in the recipe).
+    """
+    recs = records(model)
+    st = structure_ if structure_ is not None else _discover(model, recs).structure
+    infos = assign_roles([r.info() for r in recs], st)
+    return [replace(r, role=i.role, block=i.block) for r, i in zip(recs, infos)]
 
 
 def _has(module: nn.Module, param: str) -> bool:
@@ -109,44 +127,45 @@ def _has(module: nn.Module, param: str) -> bool:
 
 
 def by_name(model: nn.Module) -> dict[str, LayerRecord]:
-    return {r.name: r for r in discover(model)}
+    """Layer records by name (fallback roles: for weight access, where roles do not matter)."""
+    return {r.name: r for r in records(model)}
 
 
-def selected(model: nn.Module, selector: LayerSelector, kinds: Sequence[str] = ("linear",)) -> list[LayerRecord]:
-    """The layers a selector chooses, limited to `kinds` (default: Linears only)."""
-    return [r for r in selector.select(discover(model)) if r.kind in kinds]
-
-
-def effective_weight(module: nn.Module, param: str = "weight") -> torch.Tensor:
-    """The weight as the forward pass sees it (orig * mask while torch.nn.utils.prune hooks are on)."""
+def effective_weight(module: nn.Module, param: str = "weight", transposed: bool = False) -> torch.Tensor:
+    """The weight as the forward pass sees it (orig * mask while torch.nn.utils.prune hooks are on), in the
+    neutral [out, in] layout (`transposed`: a Conv1D's [in, out] parameter)."""
     orig = getattr(module, param + "_orig", None)
     mask = getattr(module, param + "_mask", None)
     if orig is not None and mask is not None:
-        return orig.detach() * mask
-    return getattr(module, param).detach()
+        w = orig.detach() * mask
+    else:
+        w = getattr(module, param).detach()
+    return w.t().contiguous() if transposed else w
 
 
 def weights(model: nn.Module, names: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
     """Float32 weights of the named layers (default: all) in the neutral [out, in] layout."""
-    records = by_name(model)
-    return {n: effective_weight(records[n].module, records[n].param).float().cpu().numpy().copy()
-            for n in known_names(records, names)}
+    recs = by_name(model)
+    return {n: effective_weight(recs[n].module, recs[n].param, recs[n].transposed).float().cpu().numpy().copy()
+            for n in known_names(recs, names)}
 
 
 def set_weights(model: nn.Module, values: dict[str, np.ndarray]) -> None:
     """Write neutral-layout float weights into the layers of those names (respecting prune masks)."""
-    records = by_name(model)
-    for name in known_names(records, values):
-        value, rec = values[name], records[name]
+    recs = by_name(model)
+    for name in known_names(recs, values):
+        value, rec = values[name], recs[name]
         target = getattr(rec.module, rec.param + "_orig", None)
         if target is None:
             target = getattr(rec.module, rec.param)
         new = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        if rec.transposed:
+            new = new.t()
         if tuple(new.shape) != tuple(target.shape):
-            raise ValueError(f"{name}: weight shape {tuple(new.shape)} does not match the layer's "
-                             f"{tuple(target.shape)}")
+            shown = tuple(reversed(target.shape)) if rec.transposed else tuple(target.shape)
+            raise ValueError(f"{name}: weight shape {tuple(np.shape(value))} does not match the layer's {shown}")
         with torch.no_grad():
-            target.copy_(new)
+            target.copy_(new.to(target.dtype))
             mask = getattr(rec.module, rec.param + "_mask", None)
             if mask is not None:  # keep the hook's cached product in step with the new values
                 setattr(rec.module, rec.param, target * mask)
@@ -163,57 +182,18 @@ def nonzero_count(t: torch.Tensor) -> int:
 
 
 def describe(model: nn.Module) -> list[LayerStats]:
-    """Per-layer shape, parameter count, non-zeros and bits (32 for float)."""
+    """Per-layer shape, parameter count, non-zeros, bits (32 for float) and role (from the structure)."""
     out = []
     for rec in discover(model):
-        w = effective_weight(rec.module, rec.param)
+        w = effective_weight(rec.module, rec.param, rec.transposed)
         out.append(LayerStats(rec.name, rec.kind, tuple(w.shape), int(w.numel()), nonzero_count(w),
                               bits=32 if w.is_floating_point() else w.element_size() * 8, role=rec.role.value))
     return out
 
 
-# ---- Transformer structure ----------------------------------------------------------------------------
-def _bert_style_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of blocks with ``attention.self.{query,key,value}`` (HF BERT and the zoo ViT)."""
-    out = []
-    for name, module in model.named_modules():
-        att = getattr(module, "attention", None)
-        sa = getattr(att, "self", None) if att is not None else None
-        if sa is not None and all(hasattr(sa, p) for p in ("query", "key", "value")) \
-                and hasattr(getattr(att, "output", None), "dense"):
-            out.append((name, module))
-    return out
-
-
 def structure(model: nn.Module) -> Optional[TransformerStructure]:
-    """Where the heads and FFN pairs are, or None when the model has no recognised attention blocks."""
-    records = discover(model)
-    attention, ffn = [], []
-    for i, (name, block) in enumerate(_bert_style_blocks(model)):
-        sa = block.attention.self
-        p = f"{name}.attention"
-        heads = int(getattr(sa, "num_attention_heads"))
-        attention.append(AttentionInfo(i, f"{p}.self.query", f"{p}.self.key", f"{p}.self.value",
-                                       f"{p}.output.dense", heads, int(sa.attention_head_size)))
-        if hasattr(block, "intermediate") and hasattr(getattr(block, "output", None), "dense"):
-            ffn.append(FFNInfo(i, f"{name}.intermediate.dense", f"{name}.output.dense"))
-    if not attention:
-        for i, (name, layer) in enumerate((n, m) for n, m in model.named_modules()
-                                          if isinstance(m, nn.TransformerEncoderLayer)):
-            mha = layer.self_attn
-            packed = f"{name}.self_attn.in_proj"
-            attention.append(AttentionInfo(i, packed, packed, packed, f"{name}.self_attn.out_proj",
-                                           int(mha.num_heads), int(mha.head_dim)))
-            ffn.append(FFNInfo(i, f"{name}.linear1", f"{name}.linear2"))
-    if not attention:
-        return None
-    out_proj = model.get_submodule(attention[0].output)
-    last = out_proj[-1] if isinstance(out_proj, LowRankLinear) else out_proj
-    hidden = int(last.out_features)
-    return TransformerStructure(
-        hidden_size=hidden, num_layers=len(attention), attention=tuple(attention), ffn=tuple(ffn),
-        classifier=next((r.name for r in records if r.role is LayerRole.classifier), None),
-        embeddings=tuple(r.name for r in records if r.role is LayerRole.embedding))
+    """Where the heads and FFN pairs are (`discovery`), or None when the model has no attention module."""
+    return _discover(model).structure
 
 
 def module_at(model: nn.Module, name: str) -> nn.Module:
@@ -226,3 +206,22 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def conv1d_to_linear(model: nn.Module, names: list[str]) -> None:
+    """Replace the named transformers Conv1D layers (y = x W + b, W [in, out]) by the nn.Linear computing the
+    same (weight W^T), so torch's quantizers, which know nn.Linear, can take them; names stay."""
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:  # a packed in_proj is a parameter, not a module
+            continue
+        if not is_conv1d(module):
+            continue
+        w = module.weight.detach()
+        new = nn.Linear(w.shape[0], w.shape[1], bias=module.bias is not None).to(device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            new.weight.copy_(w.t())
+            if module.bias is not None:
+                new.bias.copy_(module.bias.detach())
+        replace_module(model, name, new)

@@ -16,6 +16,7 @@ from unicompress.backend.types import TaskData
 from unicompress.specs import LowRankSpec
 
 from . import layers as L
+from .planning import stage_plan
 
 
 def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
@@ -47,11 +48,14 @@ def apply_low_rank(model: nn.Module, spec: LowRankSpec, data: Optional[TaskData]
     layer is logged as ``ctx.log("rank/<name>", 0, r)``.
     """
     low_rank = {n for n, m in model.named_modules() if isinstance(m, L.LowRankLinear)}
-    matched = L.selected(model, spec.selector)
-    if not matched:
+    planned = list(stage_plan(model, spec, ctx).selected)
+    if not planned:
         raise ValueError(f"low_rank selector {spec.selector.model_dump()} chose no nn.Linear layer")
     # factors of an earlier low-rank stage are left alone (a second pass is a no-op for them)
-    chosen = [r for r in matched if r.name.rsplit(".", 1)[0] not in low_rank and type(r.module) is nn.Linear]
+    planned = [n for n in planned if n.rsplit(".", 1)[0] not in low_rank]
+    L.conv1d_to_linear(model, planned)  # a transformers Conv1D is factorised as the Linear it equals
+    records = L.by_name(model)
+    chosen = [records[n] for n in planned if n in records and type(records[n].module) is nn.Linear]
     for rec in chosen:
         w = rec.module.weight.detach()
         out_f, in_f = w.shape

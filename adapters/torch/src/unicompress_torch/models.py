@@ -1,4 +1,6 @@
-"""The zoo models in PyTorch: HF BertForSequenceClassification for BERT, a small nn.Module for the ViT.
+"""The zoo models in PyTorch: HF BertForSequenceClassification for BERT, a small nn.Module for the ViT,
+and ``user-encoder``: an HF MPNetForSequenceClassification (attention ``attention.attn.q/k/v/o``), a real
+architecture the zoo does not describe, for checking that structure discovery works beyond BERT names.
 
 Both carry the neutral HF-style module names of `unicompress.zoo`, so `state_dict()` keys are the
 neutral weight names and `load_neutral_weights` is a plain `load_state_dict`.
@@ -151,12 +153,45 @@ def load_neutral_weights(model: nn.Module, weights: dict[str, np.ndarray], stric
     return model
 
 
+#: models built here that the zoo has no neutral description of (no neutral weights)
+USER_MODELS = ("user-encoder",)
+
+
+def user_encoder(seed: int = 0, num_labels: Optional[int] = None) -> nn.Module:
+    """HF MPNetForSequenceClassification from a tiny config: the tiny-bert vocabulary, hidden 32, 2 layers,
+    4 heads, FFN 64, no dropout, random weights drawn from `seed`; inputs ``input_ids`` + ``attention_mask``
+    like tiny-bert (token 0 is padding, as in `zoo.inputs_for("tiny-bert", ...)`).
+
+    Example: ``user_encoder(num_labels=3)(**to_torch_inputs(zoo.inputs_for("tiny-bert", cfg))).logits``.
+    """
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    bert = zoo.config_for("tiny-bert")
+    cfg = MPNetConfig(vocab_size=bert.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=bert.max_position_embeddings + 2,
+                      num_labels=num_labels if num_labels is not None else bert.num_labels, pad_token_id=0,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, hidden_act="gelu",
+                      attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = MPNetForSequenceClassification(cfg)
+    model.eval()
+    return model
+
+
 def build_model(name: str, seed: int = 0, num_labels: Optional[int] = None,
                 weights: Optional[dict[str, np.ndarray]] = None) -> nn.Module:
-    """A zoo model ("tiny-bert", "tiny-vit", "minilm-l6") in PyTorch with its neutral weights, in eval mode.
+    """A zoo model ("tiny-bert", "tiny-vit", "minilm-l6") in PyTorch with its neutral weights, in eval mode,
+    or ``user-encoder`` (`user_encoder`: random weights from `seed`; it has no neutral weights).
 
     Example: ``build_model("tiny-bert")(**to_torch_inputs(zoo.inputs_for(...))).logits``.
     """
+    if name in USER_MODELS:
+        if weights is not None:
+            raise ValueError(f"{name!r} is not a zoo architecture: it has no neutral weight layout, so weights= "
+                             "cannot be loaded into it; build it with a seed and load a state dict instead")
+        model = user_encoder(seed, num_labels)
+        model.unicompress_zoo = name  # type: ignore[attr-defined]  # lets export_native rebuild it
+        return model
     cfg = zoo.config_for(name, num_labels)
     if weights is None:
         weights = zoo.weights_for(name, cfg, seed)

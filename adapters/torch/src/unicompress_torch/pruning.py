@@ -13,27 +13,32 @@ l1_regularized (L1 / group-L1 penalty during training, then magnitude); l0_regul
 gates, Louizos et al. 2018, as `torch.nn.utils.parametrize` parametrizations; units ranked by their
 gate's log-alpha at the end). A polynomial schedule updates the masks during training
 (`GradualPruner`, usable in your own loop too).
-With ``remove_pruned`` (head/neuron), pruned heads and FFN neurons of recognised Transformer blocks
-(HF BERT, the zoo ViT, nn.TransformerEncoderLayer FFNs) are physically removed: the Linears are rebuilt
-smaller with `transformers.pytorch_utils.prune_linear_layer` (transformers 5 dropped `prune_heads`).
+What is pruned is the core's plan (`ctx.plan`, `unicompress.planner`): the selected tensors, the planned
+attention blocks and FFN pairs, and the lone Linears (`plan.rows`); nothing is chosen here. Weights are
+handled in the neutral [out, in] layout (a transformers `Conv1D` is masked through its transpose).
+Grouped-query attention (`num_kv_heads` < heads) prunes query heads and their output columns, the same
+number in every K/V group (K and V are shared, so they stay). Gated FFNs prune the neuron's row of the
+gate as well. With ``remove_pruned`` (head/neuron) the pruned units are physically removed (`removal`).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from unicompress.backend.adapter import StageContext
+from unicompress.backend.plan import StagePlan
 from unicompress.backend.types import TaskData
 from unicompress.specs import Criterion, Granularity, Norm, PruningSpec, ScheduleKind, Scope
-from unicompress.zoo.vit import ViTConfig
 
 from . import layers as L
+from . import removal
+from .discovery import discover
+from .planning import stage_plan
 from .training import cross_entropy_loss, train_loop
 
 
@@ -119,29 +124,43 @@ def expand_blocks(keep: torch.Tensor, block_shape: Sequence[int], shape: Sequenc
 # ---- what a spec prunes -------------------------------------------------------------------------------
 @dataclass
 class WeightRef:
-    """One weight tensor pruned as a whole (unstructured, n_m, block, or rows of a lone Linear)."""
+    """One weight tensor pruned as a whole (unstructured, n_m, block, or rows of a lone Linear).
+
+    `transposed`: the parameter is stored [in, out] (transformers Conv1D); `weight()` and masks are in the
+    neutral [out, in] layout either way.
+    """
 
     name: str
     module: nn.Module
     param: str
+    transposed: bool = False
 
     def weight(self) -> torch.Tensor:
-        return L.effective_weight(self.module, self.param)
+        return L.effective_weight(self.module, self.param, self.transposed)
 
 
 @dataclass
 class FFNPair:
-    """FFN neurons: rows of `ffn_in` (and its bias), columns of `ffn_out`."""
+    """FFN neurons: rows of `ffn_in` (and its bias, and of the `gate` of a gated FFN), columns of `ffn_out`."""
 
     block: int
     ffn_in: WeightRef
     ffn_out: WeightRef
-    container: Optional[nn.Module] = None  # the Transformer block (for removal)
+    gate: Optional[WeightRef] = None
+
+    @property
+    def inputs(self) -> list[WeightRef]:
+        return [self.ffn_in] + ([self.gate] if self.gate is not None else [])
 
 
 @dataclass
 class Heads:
-    """Attention heads of one block: rows of Q/K/V (and their biases), columns of O."""
+    """Attention heads of one block: rows of Q/K/V (and their biases), columns of O.
+
+    Under grouped-query attention (`num_kv_heads` < `num_heads`) only the query rows and the output columns
+    belong to a head. `core` is the attention module (its head counts change on removal), `extra` other
+    per-head row projections it holds (DeBERTa's pos_key_proj), removed with the heads.
+    """
 
     block: int
     q: WeightRef
@@ -150,11 +169,18 @@ class Heads:
     o: WeightRef
     num_heads: int
     head_dim: int
-    self_attention: nn.Module
-    packed: bool = False  # nn.MultiheadAttention: q, k, v are one in_proj [3E, E] (rows q | k | v)
+    self_attention: nn.Module  # the key of this block's gate / unit scores
+    packed: bool = False  # q, k, v are one projection (rows q | k | v): MHA in_proj, GPT-2 c_attn
+    num_kv_heads: Optional[int] = None
+    core: Optional[nn.Module] = None
+    extra: tuple[WeightRef, ...] = ()
+
+    @property
+    def gqa(self) -> bool:
+        return self.num_kv_heads is not None and self.num_kv_heads != self.num_heads
 
     def qkv(self, imp: "Importance") -> list[torch.Tensor]:
-        """Importance of the Q, K and V weights (slices of the packed in_proj when packed)."""
+        """Importance of the Q, K and V weights (slices of the packed projection when packed)."""
         if self.packed:
             w = imp(self.q)
             return list(w.chunk(3, dim=0))
@@ -172,68 +198,61 @@ class Targets:
         """Every weight tensor the masks touch (for the achieved-sparsity measure)."""
         out = list(self.tensors)
         for p in self.ffn:
-            out += [p.ffn_in, p.ffn_out]
+            out += p.inputs + [p.ffn_out]
         for h in self.heads:
-            out += [h.q, h.k, h.v, h.o]
-        unique: dict = {}  # a packed in_proj is q, k and v at once: count it once
+            out += [h.q, h.o] if h.gqa else [h.q, h.k, h.v, h.o]
+        unique: dict = {}  # a packed projection is q, k and v at once: count it once
         for t in out:
             unique.setdefault((id(t.module), t.param), t)
         return list(unique.values())
 
 
-def _t(rec: L.LayerRecord) -> WeightRef:
-    return WeightRef(rec.name, rec.module, rec.param)
+def _ref(rec: L.LayerRecord) -> WeightRef:
+    return WeightRef(rec.name, rec.module, rec.param, rec.transposed)
 
 
-def resolve_targets(model: nn.Module, spec: PruningSpec) -> Targets:
-    """The tensors, FFN pairs or heads the spec's selector and granularity choose."""
+def resolve_targets(model: nn.Module, spec: PruningSpec, plan: StagePlan) -> Targets:
+    """The tensors, FFN pairs or heads of the plan, as torch modules and parameters (no selection here)."""
     g = spec.granularity
     records = L.by_name(model)
-    chosen = {r.name for r in spec.selector.select(records.values())}
     targets = Targets(g)
 
-    def need(*names: str) -> None:
-        missing = [n for n in names if n not in records]
-        if missing:
-            raise ValueError(f"granularity {g.value!r} needs plain Linear layers, but {missing[0]} was factorised "
-                             "(low_rank); prune heads/neurons before the low_rank stage")
+    def ref(name: str) -> WeightRef:
+        if name not in records:
+            factorised = f"{name}.0" in records
+            raise ValueError(f"granularity {g.value!r} needs the plain layer {name}, but "
+                             + ("it was factorised (low_rank); prune heads/neurons before the low_rank stage"
+                                if factorised else "the model has no such layer"))
+        return _ref(records[name])
+
     if g in (Granularity.unstructured, Granularity.n_m, Granularity.block):
-        targets.tensors = [_t(records[n]) for n in records
-                           if n in chosen and records[n].kind in ("linear", "packed_qkv")]
+        targets.tensors = [ref(n) for n in plan.selected]
     elif g is Granularity.neuron:
-        struct = L.structure(model)
-        paired = set()
-        for f in (struct.ffn if struct else ()):
-            if f.ffn_in in chosen or f"{f.ffn_in}.0" in chosen:
-                need(f.ffn_in, f.ffn_out)
-                targets.ffn.append(FFNPair(f.block, _t(records[f.ffn_in]), _t(records[f.ffn_out])))
-                paired |= {f.ffn_in, f.ffn_out}
-        attention = set()
-        for a in (struct.attention if struct else ()):
-            attention |= {a.query, a.key, a.value, a.output}
-        # a Linear outside FFNs and attention (e.g. a plain MLP) loses output rows; Q/K/V/O use heads
-        targets.tensors = [_t(records[n]) for n in records if n in chosen and n not in paired
-                           and n not in attention and records[n].kind == "linear"]
+        targets.ffn = [FFNPair(f.block, ref(f.ffn_in), ref(f.ffn_out), ref(f.gate) if f.gate else None)
+                       for f in plan.ffn]
+        targets.tensors = [ref(n) for n in plan.rows]
     elif g is Granularity.head:
-        struct = L.structure(model)
-        for a in (struct.attention if struct else ()):
-            if a.query not in chosen and f"{a.query}.0" not in chosen:
-                continue
-            need(a.query, a.key, a.value, a.output)
-            packed = records[a.query].kind == "packed_qkv"
-            if packed and spec.remove_pruned:
-                raise NotImplementedError(
-                    f"removing heads of nn.MultiheadAttention ({a.query}) is not supported: it needs "
-                    "num_heads * head_dim == embed_dim, so fewer heads means rebuilding the module as a different "
-                    "attention class; set remove_pruned: false to zero the heads (masks on the packed in_proj rows "
-                    "and out_proj columns), or use an HF-style attention with separate query/key/value Linears")
-            sa = records[a.query].module if packed else model.get_submodule(a.query.rsplit(".", 1)[0])
-            targets.heads.append(Heads(a.block, _t(records[a.query]), _t(records[a.key]), _t(records[a.value]),
-                                       _t(records[a.output]), a.num_heads, a.head_dim, sa, packed))
+        found = discover(model, list(records.values())) if plan.attention else None
+        for a in plan.attention:
+            q, k, v, o = (ref(n) for n in (a.query, a.key, a.value, a.output))
+            hit = found.found(a.query) if found is not None else None
+            core = hit.module if hit is not None else _parent_module(model, a.query)
+            extra = tuple(ref(n) for n in hit.extra_rows if n in records) if hit is not None else ()
+            targets.heads.append(Heads(a.block, q, k, v, o, a.num_heads, a.head_dim, q.module, a.packed,
+                                       a.num_kv_heads, core, extra))
     if not (targets.tensors or targets.ffn or targets.heads):
-        raise ValueError(f"pruning selector {spec.selector.model_dump()} chose no layer for granularity "
-                         f"{g.value!r}; known layers: {', '.join(list(records)[:6])} ...")
+        raise ValueError(f"the plan of this {g.value!r} pruning stage holds no layer (selector "
+                         f"{spec.selector.model_dump()})")
     return targets
+
+
+def _parent_module(model: nn.Module, name: str) -> Optional[nn.Module]:
+    """The module holding a layer (for a packed ``<mha>.in_proj``: the nn.MultiheadAttention)."""
+    parent = name.rsplit(".", 1)[0] if "." in name else ""
+    try:
+        return model.get_submodule(parent)
+    except AttributeError:
+        return None
 
 
 # ---- importance ------------------------------------------------------------------------------------------
@@ -252,9 +271,10 @@ def _norm_p(spec: PruningSpec) -> int:
 def head_unit_scores(h: Heads, imp: Importance, norm: str) -> torch.Tensor:
     """Score of each head: the norm of its Q/K/V rows and O columns (of importance values)."""
     d = h.head_dim
-    (q, k, v), o = h.qkv(imp), imp(h.o)
-    heads = q.shape[0] // d
-    parts = [x.reshape(heads, d, -1) for x in (q, k, v)] + [o.reshape(o.shape[0], heads, d).transpose(0, 1)]
+    o = imp(h.o)
+    rows = [imp(h.q)] if h.gqa else h.qkv(imp)
+    heads = rows[0].shape[0] // d
+    parts = [x.reshape(heads, d, -1) for x in rows] + [o.reshape(o.shape[0], heads, d).transpose(0, 1)]
     if norm == "l1":
         return sum(p.double().abs().sum(dim=(1, 2)) for p in parts)
     return torch.sqrt(sum((p.double() ** 2).sum(dim=(1, 2)) for p in parts))
@@ -272,7 +292,8 @@ def compute_masks(targets: Targets, spec: PruningSpec, amount: float, imp: Impor
 
     def put(t: WeightRef, mask: torch.Tensor, param: Optional[str] = None) -> None:
         p = param or t.param
-        out[(id(t.module), p)] = (WeightRef(t.name, t.module, p), mask.to(torch.float32))
+        out[(id(t.module), p)] = (WeightRef(t.name, t.module, p, t.transposed and p == t.param),
+                                  mask.to(torch.float32))
 
     if g is Granularity.unstructured:
         scores = [imp(t) for t in targets.tensors]
@@ -300,7 +321,7 @@ def compute_masks(targets: Targets, spec: PruningSpec, amount: float, imp: Impor
             put(t, expand_blocks(keep, spec.block_shape, t.weight().shape))
     elif g is Granularity.neuron:
         pair_scores = [(unit_scores or {}).get(id(p.ffn_in.module)) for p in targets.ffn]
-        pair_scores = [s if s is not None else group_norm(imp(p.ffn_in), norm, dim=1)
+        pair_scores = [s if s is not None else group_norm(torch.cat([imp(t) for t in p.inputs], dim=1), norm, dim=1)
                        for p, s in zip(targets.ffn, pair_scores)]
         lone_scores = [(unit_scores or {}).get(id(t.module)) for t in targets.tensors]
         lone_scores = [s if s is not None else group_norm(imp(t), norm, dim=1)
@@ -308,10 +329,10 @@ def compute_masks(targets: Targets, spec: PruningSpec, amount: float, imp: Impor
         keeps = _keep_units(pair_scores + lone_scores, amount, spec.scope, at_least_one=True)
         for p, keep in zip(targets.ffn, keeps[:len(targets.ffn)]):
             rows = keep.to(torch.float32)
-            w_in = p.ffn_in.weight()
-            put(p.ffn_in, rows[:, None].expand_as(w_in).clone())
-            if getattr(p.ffn_in.module, "bias", None) is not None:
-                put(p.ffn_in, rows.clone(), "bias")
+            for t in p.inputs:
+                put(t, rows[:, None].expand_as(t.weight()).clone())
+                if getattr(t.module, "bias", None) is not None:
+                    put(t, rows.clone(), "bias")
             w_out = p.ffn_out.weight()
             put(p.ffn_out, rows[None, :].expand_as(w_out).clone())
         for t, keep in zip(targets.tensors, keeps[len(targets.ffn):]):
@@ -322,19 +343,36 @@ def compute_masks(targets: Targets, spec: PruningSpec, amount: float, imp: Impor
     elif g is Granularity.head:
         scores = [(unit_scores or {}).get(id(h.self_attention)) for h in targets.heads]
         scores = [s if s is not None else head_unit_scores(h, imp, norm) for h, s in zip(targets.heads, scores)]
-        keeps = _keep_units(scores, amount, spec.scope, at_least_one=True)
+        keeps = _keep_heads(targets.heads, scores, amount, spec.scope)
         for h, keep in zip(targets.heads, keeps):
             rows = keep.repeat_interleave(h.head_dim).to(torch.float32)
             if h.packed:  # one mask over the packed rows q | k | v
                 rows3 = torch.cat([rows, rows, rows])
                 put(h.q, rows3[:, None].expand_as(h.q.weight()).clone())
-                if getattr(h.q.module, "in_proj_bias", None) is not None:
-                    put(h.q, rows3.clone(), "in_proj_bias")
-            for t in (() if h.packed else (h.q, h.k, h.v)):
+                bias = "in_proj_bias" if h.q.param == "in_proj_weight" else "bias"
+                if getattr(h.q.module, bias, None) is not None:
+                    put(h.q, rows3.clone(), bias)
+            for t in (() if h.packed else (h.q,) if h.gqa else (h.q, h.k, h.v)):
                 put(t, rows[:, None].expand_as(t.weight()).clone())
                 if getattr(t.module, "bias", None) is not None:
                     put(t, rows.clone(), "bias")
             put(h.o, rows[None, :].expand_as(h.o.weight()).clone())
+    return out
+
+
+def _keep_heads(heads: list[Heads], scores: list[torch.Tensor], amount: float, scope: Scope) -> list[torch.Tensor]:
+    """Keep-vectors of heads. Grouped-query blocks drop round(amount * group) query heads in every K/V group
+    (whatever the scope), so each group keeps as many heads as the others and removal stays possible."""
+    plain = [i for i, h in enumerate(heads) if not h.gqa]
+    out: list = [None] * len(heads)
+    for i, keep in zip(plain, _keep_units([scores[i] for i in plain], amount, scope, at_least_one=True)):
+        out[i] = keep
+    for i, h in enumerate(heads):
+        if h.gqa:
+            groups = scores[i].reshape(h.num_kv_heads, -1)
+            out[i] = torch.cat([lowest_removed(g, amount) for g in groups])
+            if not out[i].any():
+                out[i][int(torch.argmax(scores[i]))] = True
     return out
 
 
@@ -343,6 +381,8 @@ def _keep_units(scores: list[torch.Tensor], amount: float, scope: Scope, at_leas
 
     Structured global pruning keeps at least one unit per layer (`at_least_one`) so no block is emptied.
     """
+    if not scores:
+        return []
     if scope is not Scope.global_ or len(scores) == 1:
         return [lowest_removed(s.reshape(-1), amount).reshape(s.shape) for s in scores]
     flat = torch.cat([s.reshape(-1).double() for s in scores])
@@ -364,6 +404,8 @@ def install_masks(masks: dict) -> None:
     """Put masks on their tensors: `prune.custom_from_mask` the first time, in place afterwards
     (so an optimizer keeps training the same `*_orig` parameter)."""
     for t, mask in masks.values():
+        if t.transposed:  # the mask is neutral [out, in]; the parameter is [in, out]
+            mask = mask.t().contiguous()
         current = getattr(t.module, t.param + "_mask", None)
         if current is None:
             prune.custom_from_mask(t.module, t.param, mask)
@@ -431,7 +473,10 @@ def prune_one_shot(model: nn.Module, spec: PruningSpec, targets: Targets) -> Non
 
 
 def _has_hooks(targets: Targets) -> bool:
-    return any(hasattr(t.module, t.param + "_mask") for t in targets.all_tensors())
+    """True when torch's own entry points cannot be used as they are: masks already on, a transposed
+    (Conv1D) weight whose input dim is not the last one, or a gated FFN (rows of two layers at once)."""
+    return any(hasattr(t.module, t.param + "_mask") or t.transposed for t in targets.all_tensors()) \
+        or any(p.gate is not None for p in targets.ffn)
 
 
 # ---- schedules and training-time criteria ---------------------------------------------------------------
@@ -498,7 +543,7 @@ class GradualPruner:
 
     def __init__(self, model: nn.Module, spec: PruningSpec, ctx: Optional[StageContext] = None):
         self.model, self.spec, self.ctx = model, spec, ctx or StageContext()
-        self.targets = resolve_targets(model, spec)
+        self.targets = resolve_targets(model, spec, stage_plan(model, spec, self.ctx))
         self.criterion = spec.criterion
         self.movement: dict[tuple[int, str], torch.Tensor] = {}
         self.gates: dict[int, HardConcreteGate] = {}
@@ -551,6 +596,7 @@ class GradualPruner:
         if self.criterion is Criterion.movement and self.movement:
             s = self.movement.get((id(t.module), t.param))
             if s is not None:
+                s = s.t() if t.transposed else s  # scores follow the parameter's [in, out] layout
                 w = t.weight()
                 # shift to >= 0 (torch's L1 methods rank |score|); pruned weights stay lowest
                 shifted = s - s.min() + 1e-12
@@ -582,6 +628,7 @@ class GradualPruner:
             g = self.spec.granularity
             for t in self.targets.all_tensors():
                 w = getattr(t.module, t.param)
+                w = w.t() if t.transposed else w
                 if g in (Granularity.unstructured, Granularity.n_m, Granularity.block):
                     terms.append(w.abs().mean())
                 else:  # group lasso over output rows (neurons / head rows) keeps whole units small
@@ -622,6 +669,8 @@ class GradualPruner:
                            key=h.self_attention)
 
     def _gate(self, t: WeightRef, units, expand, key: Optional[nn.Module] = None) -> None:
+        if t.transposed:  # gates expand to the neutral [out, in] shape; the parameter is [in, out]
+            expand = (lambda z, inner=expand: inner(z).t())
         gate = HardConcreteGate(tuple(units), expand)
         parametrize.register_parametrization(t.module, t.param, gate)
         self.gates[id(key if key is not None else t.module)] = gate
@@ -685,99 +734,9 @@ class GradualPruner:
 
 
 # ---- physical removal -----------------------------------------------------------------------------------
-def _prune_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
-    try:  # Hugging Face's own helper, when transformers is installed
-        from transformers.pytorch_utils import prune_linear_layer
-    except ImportError:  # pragma: no cover - transformers is a dependency of this adapter
-        prune_linear_layer = None
-    if prune_linear_layer is not None:
-        return prune_linear_layer(layer, index, dim)
-    w = layer.weight.detach().index_select(dim, index)
-    new = nn.Linear(w.shape[1], w.shape[0], bias=layer.bias is not None)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias.detach() if dim == 1 else layer.bias.detach()[index])
-    return new
-
-
-def _name_of(model: nn.Module, module: nn.Module) -> str:
-    for name, m in model.named_modules():
-        if m is module:
-            return name
-    raise KeyError("module not found in model")
-
-
 def remove_pruned_units(model: nn.Module, targets: Targets) -> None:
-    """Physically drop zeroed FFN neurons and attention heads (after `make_permanent`).
-
-    FFN: rows of ffn_in, columns of ffn_out; heads: rows of Q/K/V, columns of O. The configs are kept
-    valid: HF ``config.pruned_heads`` (original head ids) and ``intermediate_size`` (when all FFNs agree;
-    per-layer sizes are also in ``config.unicompress_intermediate_sizes``).
-    """
-    config = getattr(model, "config", None)
-    sizes = {}
-    for p in targets.ffn:
-        w_in = p.ffn_in.module.weight.detach()
-        b_in = p.ffn_in.module.bias.detach() if p.ffn_in.module.bias is not None else torch.zeros(w_in.shape[0])
-        alive = ((w_in != 0).any(dim=1) | (b_in != 0)) & (p.ffn_out.module.weight.detach() != 0).any(dim=0)
-        index = torch.nonzero(alive).reshape(-1)
-        if index.numel() == 0:
-            index = torch.tensor([0])  # keep one neuron: a zero-width Linear cannot run or export
-        name_in, name_out = _name_of(model, p.ffn_in.module), _name_of(model, p.ffn_out.module)
-        L.replace_module(model, name_in, _prune_linear(p.ffn_in.module, index, 0))
-        L.replace_module(model, name_out, _prune_linear(p.ffn_out.module, index, 1))
-        sizes[p.block] = int(index.numel())
-    pruned_heads: dict[int, list[int]] = {}
-    for h in targets.heads:
-        d = h.head_dim
-        q = h.q.module.weight.detach().reshape(-1, d, h.q.module.weight.shape[1])
-        alive = (q != 0).any(dim=(1, 2))
-        for t in (h.k, h.v):
-            alive |= (t.module.weight.detach().reshape(-1, d, t.module.weight.shape[1]) != 0).any(dim=(1, 2))
-        heads = torch.nonzero(alive).reshape(-1)
-        if heads.numel() == 0:
-            heads = torch.tensor([0])
-        if heads.numel() == alive.numel():
-            continue
-        rows = (heads[:, None] * d + torch.arange(d)[None, :]).reshape(-1)
-        sa = h.self_attention
-        original = list(getattr(sa, "unicompress_head_ids", range(alive.numel())))
-        for t in (h.q, h.k, h.v):
-            L.replace_module(model, _name_of(model, t.module), _prune_linear(t.module, rows, 0))
-        L.replace_module(model, _name_of(model, h.o.module), _prune_linear(h.o.module, rows, 1))
-        kept = [original[i] for i in heads.tolist()]
-        sa.unicompress_head_ids = kept
-        sa.num_attention_heads = len(kept)
-        if hasattr(sa, "all_head_size"):
-            sa.all_head_size = len(kept) * d
-        pruned_heads[h.block] = sorted(set(original) - set(kept))
-    _update_config(model, config, sizes, pruned_heads)
-
-
-def _update_config(model: nn.Module, config: Any, sizes: dict[int, int], pruned_heads: dict[int, list[int]]) -> None:
-    """Record what was removed on the model (for export) and keep its config consistent."""
-    per_layer = {**getattr(model, "unicompress_intermediate_sizes", {}), **sizes}
-    heads = {int(k): list(v) for k, v in getattr(model, "unicompress_pruned_heads", {}).items()}
-    for block, removed in pruned_heads.items():
-        heads[block] = sorted(set(heads.get(block, [])) | set(removed))
-    model.unicompress_intermediate_sizes = dict(sorted(per_layer.items()))
-    model.unicompress_pruned_heads = dict(sorted(heads.items()))
-    if config is None:
-        return
-    uniform = (len(set(per_layer.values())) == 1
-               and len(per_layer) == getattr(config, "num_hidden_layers", -1))
-    if isinstance(config, ViTConfig):  # the zoo ViT: a frozen dataclass
-        if uniform:
-            model.config = dataclasses.replace(config, intermediate_size=next(iter(per_layer.values())))
-        return
-    # a Hugging Face config: pruned_heads as HF used to keep it, sizes per layer beside intermediate_size
-    if sizes:
-        config.unicompress_intermediate_sizes = dict(per_layer)
-        if uniform:
-            config.intermediate_size = next(iter(per_layer.values()))
-    if pruned_heads:
-        config.pruned_heads = dict(heads)
+    """Physically drop the zeroed FFN neurons and attention heads of `targets` (after `make_permanent`)."""
+    removal.remove_units(model, targets.ffn, targets.heads)
 
 
 # ---- the handler ----------------------------------------------------------------------------------------
@@ -785,7 +744,7 @@ def apply_pruning(model: nn.Module, spec: PruningSpec, data: Optional[TaskData],
     """PruningSpec handler: one-shot magnitude right away; schedules and training-time criteria train
     with `train_loop` while a `GradualPruner` updates the masks; masks are made permanent at the end."""
     if not spec.trains:
-        targets = resolve_targets(model, spec)
+        targets = resolve_targets(model, spec, stage_plan(model, spec, ctx))
         prune_one_shot(model, spec, targets)
         make_permanent(model)
         ctx.log("sparsity", 0, achieved_sparsity(targets))

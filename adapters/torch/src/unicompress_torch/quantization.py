@@ -30,7 +30,6 @@ DequantizeLinear), MatMulInteger with DynamicQuantizeLinear (dynamic), or weight
 from __future__ import annotations
 
 import copy
-import fnmatch
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -44,12 +43,16 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from torch.nn.utils import parametrize
 
 from unicompress.backend.adapter import StageContext
+from unicompress.backend.plan import StagePlan
 from unicompress.backend.types import Inputs, LayerStats, QuantizedTensor, TaskData, count_nonzero
 from unicompress.fileio import atomic_path
 from unicompress.specs import (CalibrationMethod, Mapping, QuantGranularity, QuantizationSpec, QuantMode,
                                Scheme)
 
+from unicompress.planner import layer_settings
+
 from . import layers as _layers
+from .planning import stage_plan
 from .training import call_model, logits_of, to_torch_inputs, train_loop
 
 #: attribute under which a quantized model keeps what was done to it (plain data, survives deepcopy)
@@ -93,20 +96,24 @@ class QuantRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def plan_layers(model: nn.Module, spec: QuantizationSpec) -> dict[str, LayerQuant]:
-    """Selected Linear layers -> their grid, with the overrides applied (later overrides win)."""
+def plan_layers(model: nn.Module, spec: QuantizationSpec, stage: StagePlan) -> dict[str, LayerQuant]:
+    """The planned layers (`stage.selected`: the selector's layers minus `skip` overrides) -> their grid,
+    under the core's override rule (`unicompress.planner.layer_settings`: later overrides win field by field).
+
+    Raises before any work when a planned layer is a packed Q/K/V of nn.MultiheadAttention, which no torch
+    quantization path can store (its forward reads ``in_proj_weight`` as a tensor)."""
+    records = _layers.by_name(model)
+    packed = [n for n in stage.selected if n in records and records[n].kind == "packed_qkv"]
+    if packed:
+        raise NotImplementedError(f"torch cannot quantize the packed Q/K/V of nn.MultiheadAttention ({packed[:3]}) "
+                                  "nor its out_proj; exclude them, e.g. quantization.selector.exclude: "
+                                  "['*.self_attn.in_proj', '*.self_attn.out_proj']")
     plan: dict[str, LayerQuant] = {}
-    for rec in _layers.selected(model, spec.selector):
-        bits, scheme, gran, skip = spec.bits, spec.scheme, spec.granularity, False
-        for o in spec.overrides:
-            if fnmatch.fnmatchcase(rec.name, o.pattern):
-                bits = o.bits if o.bits is not None else bits
-                scheme = o.scheme if o.scheme is not None else scheme
-                gran = o.granularity if o.granularity is not None else gran
-                skip = o.skip
-        if not skip:
-            plan[rec.name] = LayerQuant(bits, scheme is Scheme.symmetric, gran is QuantGranularity.per_channel,
-                                        spec.narrow_range)
+    for name in stage.selected:
+        s = layer_settings(spec, name)
+        if not s["skip"]:
+            plan[name] = LayerQuant(s["bits"], s["scheme"] is Scheme.symmetric,
+                                    s["granularity"] is QuantGranularity.per_channel, spec.narrow_range)
     if not plan:
         raise ValueError("quantization.selector (with overrides) selects no Linear layer of this model")
     return plan
@@ -140,7 +147,8 @@ def apply_quantization(model: nn.Module, spec: QuantizationSpec, data: Optional[
         raise NotImplementedError("quantization mode 'qat' trains in one process in the torch adapter "
                                   "(training.distributed: 'none')")
     model.eval()
-    plan = plan_layers(model, spec)
+    plan = plan_layers(model, spec, stage_plan(model, spec, ctx))
+    _layers.conv1d_to_linear(model, list(plan))
     if spec.mapping is Mapping.log:
         return _apply_log(model, spec, plan, data, ctx)
     if spec.mode is QuantMode.dynamic:

@@ -38,6 +38,7 @@ class TorchAdapter(Adapter):
     name = "torch"
     requirements = ("torch==2.13.0", "torchao==0.18.0")
     framework_modules = ("torch", "transformers")
+    zoo_models = ("tiny-bert", "tiny-vit", "minilm-l6", "user-encoder")  # user-encoder: an HF MPNet (models.py)
 
     def _mod(self, name: str) -> Any:
         self.require("torch")

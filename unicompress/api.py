@@ -6,17 +6,23 @@ then `describe`) -> export (atomic) -> evaluation -> report.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
+
 from .backend.adapter import Adapter, StageContext
 from .backend.plan import StagePlan
 from .backend.registry import resolve_backend
 from .backend.types import Inputs, TaskData, TransformerStructure
-from .errors import (CapabilityError, JudgeError, MissingDataError, ModelNotSupportedError, Problem, StageError,
-                     UnicompressError)
+from .data.checks import check_task_data
+from .errors import (CapabilityError, ExportError, JudgeError, MissingDataError, ModelNotSupportedError,
+                     NonFiniteWeightsError, OutputPathError, Problem, StageError, UnicompressError)
 from .judge import before_stage, judge_stage
 from .planner import plan_stage, resolve_structure
 from .recipe_io import load_recipe, validate_data
@@ -56,10 +62,9 @@ def as_recipe(recipe: RecipeLike) -> Recipe:
     return load_recipe(recipe)
 
 
-def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[TaskData],
-               structure: Optional[TransformerStructure] = None) -> list[StagePlan]:
-    """Everything that can be refused before the model is touched: capabilities, data, and each stage's plan
-    (layer selection, structure, shapes: `unicompress.planner`). Returns the plans on the input model."""
+def recipe_problems(adapter: Adapter, recipe: Recipe) -> list[Problem]:
+    """What the backend refuses in the recipe itself, without a model: its capability table, its `refusals()`
+    of value pairs, and distributed training it cannot do. `validate --backend` and `compress()` both ask this."""
     caps = adapter.capabilities()
     problems: list[Problem] = []
     for i, stage in enumerate(recipe.stages):
@@ -67,14 +72,69 @@ def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[Task
                              p.allowed) for p in caps.problems(stage)]
         problems += [Problem(f"stages[{i}].{p.path}", p.value, p.allowed) for p in adapter.refusals(stage)]
         problems += _distributed_problems(i, stage, caps)
+    return problems
+
+
+def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[TaskData],
+               structure: Optional[TransformerStructure] = None) -> list[StagePlan]:
+    """Everything that can be refused before the model is touched: capabilities, data, and each stage's plan
+    (layer selection, structure, shapes: `unicompress.planner`). Returns the plans on the input model."""
+    problems = recipe_problems(adapter, recipe)
     if problems:
-        raise CapabilityError(adapter.name, problems, caps.to_text())
+        raise CapabilityError(adapter.name, problems, adapter.capabilities().to_text())
     missing = [f"stages[{i}] ({stage.technique}) needs {need}"
                for i, stage in enumerate(recipe.stages) for need in [_data_need(stage)]
                if need and not _has(data, need)]
     if missing:
         raise MissingDataError("; ".join(missing) + ". Pass data=TaskData(train=..., calibration=...).")
     return [plan_stage(adapter, model, stage, i, structure) for i, stage in enumerate(recipe.stages)]
+
+
+def export_targets(recipe: Recipe, backend: str) -> dict[str, Path]:
+    """The paths a recipe's export writes: ``{"onnx": <dir>/<name>.onnx, "native": <dir>/<name>.<backend>}``."""
+    if recipe.export is None:
+        return {}
+    directory = Path(recipe.export.directory)
+    targets = {"onnx": directory / f"{recipe.name}.onnx", "native": directory / f"{recipe.name}.{backend}"}
+    return {k: v for k, v in targets.items() if ExportFormat(k) in recipe.export.formats}
+
+
+def output_problems(directory: Union[str, Path], files: Sequence[Path] = (), folders: Sequence[Path] = (),
+                    field_name: str = "export.directory") -> list[Problem]:
+    """Why `directory` (made when missing) could not receive `files` and `folders`, found without writing.
+
+    Checks that it, or the nearest folder above it that exists, is a writable folder (not a file), and that no
+    target is of the wrong kind (a folder where a file goes, a file where a folder goes).
+    """
+    directory = Path(directory)
+    problems: list[Problem] = []
+    existing = directory
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "is a file" if existing == directory else f"cannot be made: {existing} is a file"
+        return [Problem(field_name, str(directory), f"{what}; the exports need a folder there")]
+    if not existing.exists():
+        return [Problem(field_name, str(directory), f"cannot be made: {existing} is a broken link")]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == directory else f"cannot be made: {existing} is not writable"
+        return [Problem(field_name, str(directory), f"{what} by this user (or is on a read-only file system)")]
+    for path in files:
+        if path.is_dir():
+            problems.append(Problem(field_name, str(path), "is a folder where the export writes a file; move it"))
+    for path in folders:
+        if path.exists() and not path.is_dir():
+            problems.append(Problem(field_name, str(path), "is a file where the export writes a folder; move it"))
+    return problems
+
+
+def export_problems(recipe: Recipe, backend: str) -> list[Problem]:
+    """Why the recipe's export could not be written (see `output_problems`); [] when it can or there is none."""
+    if recipe.export is None:
+        return []
+    targets = export_targets(recipe, backend)
+    return output_problems(recipe.export.directory, [t for k, t in targets.items() if k == "onnx"],
+                           [t for k, t in targets.items() if k == "native"])
 
 
 def _distributed_problems(index: int, stage: Any, caps: Any) -> list[Problem]:
@@ -123,6 +183,13 @@ def _progress(enabled: bool):
     return lambda desc, total: tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+#: one compress() at a time per process: native toolkits keep process-wide state (torch.export's dispatch
+#: mode, global RNGs, TensorFlow's default graph), so concurrent calls are serialised rather than corrupted
+_COMPRESS_LOCK = threading.RLock()
+#: where a compressed model is saved when writing it to the recipe's export fails (default: the temp folder)
+RECOVERY_DIR_ENV = "UNICOMPRESS_RECOVERY_DIR"
+
+
 def compress(model: Any, recipe: RecipeLike, data: Optional[TaskData] = None, *, backend: Optional[str] = None,
              teacher: Any = None, evaluate: Optional[Evaluate] = None, inplace: bool = False,
              progress: bool = True, export_example: Optional[Inputs] = None,
@@ -132,15 +199,29 @@ def compress(model: Any, recipe: RecipeLike, data: Optional[TaskData] = None, *,
     Nothing is touched until the backend's capabilities, the data and every stage's plan (which layers,
     heads and FFN pairs; `unicompress.planner`) are checked; stages then run on a copy, so a failing stage
     leaves `model` unchanged (unless `inplace=True`, which skips the copy and gives up that guarantee).
+    Refused before work as well: NaN/inf weights or model outputs, unusable data (`unicompress.data.checks`),
+    an export folder that cannot be written, and an ONNX export without example inputs.
     After each stage the judge (`unicompress.judge`) checks the spec's post-conditions on the result and
     raises JudgeError when one fails (`judge=False` skips it). `structure` declares where heads and FFN
     pairs are when discovery cannot know it (the recipe's ``structure:`` otherwise).
+
+    A failure after the stages (export, evaluation) raises ExportError with the compressed model in
+    ``exc.result`` and a copy saved under ``exc.recovery`` (``$UNICOMPRESS_RECOVERY_DIR`` or the temp folder).
+    Threads: calls are serialised by one process-wide lock (a second call waits for the first to finish).
 
     Example::
 
         result = compress(model, "examples/int8_static.yaml", data=task_data)
         print(result.report.to_text())
     """
+    with _COMPRESS_LOCK:
+        return _compress(model, recipe, data, backend=backend, teacher=teacher, evaluate=evaluate, inplace=inplace,
+                         progress=progress, export_example=export_example, structure=structure, judge=judge)
+
+
+def _compress(model: Any, recipe: RecipeLike, data: Optional[TaskData], *, backend: Optional[str], teacher: Any,
+              evaluate: Optional[Evaluate], inplace: bool, progress: bool, export_example: Optional[Inputs],
+              structure: Union[StructureDeclaration, dict, None], judge: bool) -> CompressionResult:
     recipe = as_recipe(recipe)
     adapter = resolve_backend(backend or recipe.backend, model)
     if not adapter.is_model(model):
@@ -150,11 +231,16 @@ def compress(model: Any, recipe: RecipeLike, data: Optional[TaskData] = None, *,
         structure if structure is not None else recipe.structure
     found = resolve_structure(adapter, model, declared)
     check_plan(adapter, model, recipe, data, found)
+    example = _refuse_unwritable_export(adapter, recipe, data, export_example)
 
-    record = reproducibility_record(adapter, recipe, adapter.weights(model), data)
+    input_weights = adapter.weights(model)
+    _refuse_non_finite_weights(input_weights)
+    check_task_data(data)
+    record = reproducibility_record(adapter, recipe, input_weights, data)
+    probe = _probe_inputs(data, export_example) if judge else None
+    _refuse_non_finite_outputs(adapter, model, probe)
     metrics_before = _metrics(adapter, model, evaluate, data) if recipe.evaluate else {}
     layers_before = adapter.describe(model)
-    probe = _probe_inputs(data, export_example) if judge else None
     working = model if inplace else adapter.copy(model)
     bar_factory = _progress(progress)
     stage_reports = []
@@ -182,15 +268,97 @@ def compress(model: Any, recipe: RecipeLike, data: Optional[TaskData] = None, *,
                                          nbytes=sum(s.nbytes for s in stats),
                                          checks=[c.to_dict() for c in checks], plan=plan_summary(plan)))
 
-    exports = _export(adapter, working, recipe, data, export_example)
     report = CompressionReport(recipe=recipe.name, backend=adapter.name, layers_before=layers_before,
                                layers_after=stats, stages=stage_reports,  # the last stage's describe()
                                metrics_before=metrics_before,
-                               metrics_after=_metrics(adapter, working, evaluate, data) if recipe.evaluate else {},
-                               exports={k: str(v) for k, v in exports.items()},
                                structure=found.summary() if found is not None else "no Transformer structure found",
                                record=record)
-    return CompressionResult(working, report, adapter.name, exports)
+    result = CompressionResult(working, report, adapter.name)
+    step = "export"
+    try:  # every stage ran: from here on a failure must not lose the compressed model
+        result.exports = _export(adapter, working, recipe, example)
+        report.exports = {k: str(v) for k, v in result.exports.items()}
+        step = "evaluation"
+        report.metrics_after = _metrics(adapter, working, evaluate, data) if recipe.evaluate else {}
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the model is saved and the cause chained
+        if example is None:
+            example = _probe_inputs(data, export_example)  # lets the copy be ONNX when there is no native format
+        raise _kept(adapter, result, recipe, example, step, exc) from exc
+    return result
+
+
+def _refuse_unwritable_export(adapter: Adapter, recipe: Recipe, data: Optional[TaskData],
+                              given: Optional[Inputs]) -> Optional[Inputs]:
+    """Check before the stages what export will need; returns the ONNX example inputs (None without ONNX)."""
+    problems = export_problems(recipe, adapter.name)
+    if problems:
+        raise OutputPathError("the recipe's export could not be written, so nothing was run:\n"
+                              + "\n".join(f"  - {p}" for p in problems))
+    if recipe.export is None or ExportFormat.onnx not in recipe.export.formats:
+        return None
+    try:
+        return _example_inputs(data, given)
+    except StopIteration:
+        raise MissingDataError("export: onnx needs example inputs, but the data yielded no batch; pass "
+                               "export_example= or data with batches") from None
+
+
+def _refuse_non_finite_weights(weights: dict[str, np.ndarray]) -> None:
+    bad = []
+    for name, w in weights.items():
+        w = np.asarray(w)
+        if w.dtype.kind in "fc" and not np.isfinite(w).all():
+            bad.append(f"{name} ({int(np.isnan(w).sum())} NaN, {int(np.isinf(w).sum())} inf of {w.size})")
+    if bad:
+        raise NonFiniteWeightsError(f"{len(bad)} layer(s) hold NaN or inf weights, from which every stage would "
+                                    f"compute NaN scales and masks: {', '.join(bad[:8])}"
+                                    f"{' ...' if len(bad) > 8 else ''}. Nothing was run; load finite weights.")
+
+
+def _refuse_non_finite_outputs(adapter: Adapter, model: Any, probe: Optional[Inputs]) -> None:
+    """The input model's outputs on the judge's probe rows: NaN/inf there (e.g. from a LayerNorm weight the
+    layer list does not cover) would fail every stage's judge after the work, so refuse now."""
+    if probe is None:
+        return
+    out = np.asarray(adapter.run(model, probe))
+    if out.dtype.kind in "fc" and not np.isfinite(out).all():
+        raise NonFiniteWeightsError(f"the input model's outputs on the first {_PROBE_ROWS} example rows hold "
+                                    f"{int(out.size - np.isfinite(out).sum())} NaN/inf value(s) of {out.size} (its "
+                                    "weights or the data are not finite); nothing was run")
+
+
+def _kept(adapter: Adapter, result: CompressionResult, recipe: Recipe, example: Optional[Inputs], step: str,
+          cause: BaseException) -> ExportError:
+    """The error for a failure after the stages, after saving the compressed model somewhere safe."""
+    recovery, why = save_recovery_copy(adapter, result.model, recipe, example)
+    where = (f"a copy was saved to {recovery}" if recovery is not None else f"no copy could be saved ({why})")
+    return ExportError(f"every stage ran, but the {step} failed: {type(cause).__name__}: {cause}. The compressed "
+                       f"model is kept: {where}; from Python it is exc.result.model. The input model was not "
+                       "modified.", result=result, recovery=recovery)
+
+
+def save_recovery_copy(adapter: Adapter, model: Any, recipe: Recipe,
+                       example: Optional[Inputs] = None) -> tuple[Optional[Path], str]:
+    """Save `model` into a new private folder under ``$UNICOMPRESS_RECOVERY_DIR`` (or the temp folder), in the
+    backend's native format, else as ONNX; returns (what was written, or None, and why not)."""
+    base = Path(os.environ.get(RECOVERY_DIR_ENV) or tempfile.gettempdir())
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"unicompress-recovery-{recipe.name[:40]}-", dir=base))
+    except OSError as exc:
+        return None, f"no folder could be made in {base}: {exc}"
+    failures = []
+    try:
+        return adapter.export_native(model, folder / f"{recipe.name}.{adapter.name}"), ""
+    except Exception as exc:  # noqa: BLE001 - try the next format; the caller reports both
+        failures.append(f"native: {type(exc).__name__}: {exc}")
+    if example is not None:
+        try:
+            opset = recipe.export.opset if recipe.export is not None else 17
+            return adapter.export_onnx(model, folder / f"{recipe.name}.onnx", example, opset), ""
+        except Exception as exc:  # noqa: BLE001
+            failures.append(f"onnx: {type(exc).__name__}: {exc}")
+    return None, "; ".join(failures) or "no format to save it in"
 
 
 _PROBE_ROWS = 4  # inputs the judge runs before and after each stage
@@ -218,17 +386,13 @@ def _example_inputs(data: Optional[TaskData], given: Optional[Inputs]) -> Inputs
     raise MissingDataError("export needs example inputs: pass export_example= or data with batches")
 
 
-def _export(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[TaskData],
-            example: Optional[Inputs]) -> dict[str, Path]:
-    if recipe.export is None:
-        return {}
-    directory = Path(recipe.export.directory)
+def _export(adapter: Adapter, model: Any, recipe: Recipe, example: Optional[Inputs]) -> dict[str, Path]:
+    targets = export_targets(recipe, adapter.name)
     out: dict[str, Path] = {}
-    if ExportFormat.onnx in recipe.export.formats:
-        out["onnx"] = adapter.export_onnx(model, directory / f"{recipe.name}.onnx",
-                                          _example_inputs(data, example), recipe.export.opset)
-    if ExportFormat.native in recipe.export.formats:
-        out["native"] = adapter.export_native(model, directory / f"{recipe.name}.{adapter.name}")
+    if "onnx" in targets:
+        out["onnx"] = adapter.export_onnx(model, targets["onnx"], example, recipe.export.opset)
+    if "native" in targets:
+        out["native"] = adapter.export_native(model, targets["native"])
     return out
 
 
@@ -268,7 +432,8 @@ def export_onnx(model: Any, path: Union[str, Path], example: Inputs, *, backend:
                 opset: int = 17) -> Path:
     """Export any backend's model (compressed or not) to ONNX, atomically; returns the path."""
     adapter = resolve_backend(backend, model)
-    return adapter.export_onnx(model, Path(path), example, opset)
+    with _COMPRESS_LOCK:  # tracing exporters share process-wide state with compress()
+        return adapter.export_onnx(model, Path(path), example, opset)
 
 
 def save_weights(model: Any, path: Union[str, Path], *, zoo: str, backend: str = "auto") -> Path:

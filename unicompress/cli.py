@@ -1,18 +1,49 @@
 """The `unicompress` command: run, validate, schema, backends, inspect.
 
 Every sub-command's --help has examples; errors print one line per problem and exit 2.
+
+Recipes are data: a recipe's ``factory:`` (``module:function``) is imported and called only when its module is
+allowed (`allowed_factory_modules`). The command runs in a child process whose stderr is filtered of the
+frameworks' import noise (`NOISE`, nothing else), which also catches a native library ending the process with
+status 0 before the command finished.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import logging
+import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import __version__
-from .errors import UnicompressError
+from .errors import FactoryNotAllowedError, Problem, UnicompressError
+
+#: modules whose factories recipes may call: comma-separated, e.g. ``mypkg.models,mypkg.data``
+FACTORY_ENV = "UNICOMPRESS_ALLOW_FACTORIES"
+#: entry-point group through which an installed distribution vouches for its factory modules (value: a module)
+FACTORY_ENTRY_POINTS = "unicompress.factories"
+#: set to 1 to see the frameworks' stderr unfiltered (and run without the child process)
+RAW_STDERR_ENV = "UNICOMPRESS_RAW_STDERR"
+_CHILD_ENV = "UNICOMPRESS_CLI_CHILD"  # set in the child: run the command here, report completion on this fd
+
+#: stderr lines the frameworks print on import that say nothing about the run (each matched whole):
+#: absl/glog INFO lines and absl's pre-init notice (TensorFlow, Paddle), TensorFlow's CPU-feature hint and its
+#: failed cuInit on a machine without a GPU, opencv's numpy-ABI line (imported by PaddleSlim, which survives
+#: it), torchao's optional CUDA kernels that cannot load on CPU, and torch's pytree notice about enums.
+NOISE = tuple(re.compile(p) for p in (
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+    r"I\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w./-]+:\d+\] .*",
+    r"E\d{4} \d\d:\d\d:[\d.]+\s+\d+ cuda_\w+\.cc:\d+\] failed call to cuInit.*",
+    r"To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.",
+    r"RuntimeError: module compiled against ABI version 0x[0-9a-f]+ but this version of numpy is 0x[0-9a-f]+",
+    r"Failed to load \S*torchao\S*\.so: .*",
+    r"W\d{4} [\d:. ]+\d+ \S*torch/utils/_pytree\.py:\d+\] .* is an Enum subclass and is now natively supported .*",
+))
 
 EPILOG = """examples:
   unicompress validate examples/int8_static.yaml      check a recipe, one line per problem
@@ -39,16 +70,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="write the report (md, json, png) here (default: the recipe's export directory)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    run.add_argument("--allow-factory", action="append", default=[], metavar="MODULE",
+                     help=f"let the recipe's factory: call functions of MODULE (and its submodules); repeatable. "
+                          f"Also: {FACTORY_ENV}=mod1,mod2")
 
     val = sub.add_parser("validate", help="check recipe files without running anything",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          epilog="examples:\n  unicompress validate examples/*.yaml --backend paddle\n"
                                  "  unicompress validate examples/prune_heads_ffn.yaml --backend torch --plan")
     val.add_argument("recipes", nargs="+", help="recipe files")
-    val.add_argument("--backend", help="also check that this backend can honour every stage")
+    val.add_argument("--backend", help="also make every check `run --backend` makes before work: the backend's "
+                                       "refusals, factories (allowed, importable; never called), weight files, "
+                                       "data, export folder")
     val.add_argument("--plan", action="store_true",
                      help="also build the recipe's model and plan every stage on it (the layers, heads and FFN "
                           "pairs each stage touches, and every refusal `run` would make), without compressing")
+    val.add_argument("--allow-factory", action="append", default=[], metavar="MODULE",
+                     help="as for run: factories of MODULE may be imported to check them (never called, except "
+                          "by --plan, which builds the model)")
 
     sch = sub.add_parser("schema", help="print the JSON Schema of recipe files")
     sch.add_argument("--output", "-o", help="write to this file instead of stdout")
@@ -79,47 +118,286 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the `unicompress` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    """Entry point of the `unicompress` command; returns the exit status.
+
+    Run as the command (no `argv`), the work happens in a child process whose stderr is filtered (`NOISE`);
+    `main([...])` from Python runs in this process.
+    """
+    if argv is None and _should_supervise():
+        return _supervise()
+    _quiet_frameworks()
     try:
-        return {"run": _run, "validate": _validate, "schema": _schema, "backends": _backends,
-                "inspect": _inspect, "bench": _bench}[args.command](args)
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, a usage error: the command did finish
+        _report_completion(exc.code if isinstance(exc.code, int) else int(exc.code is not None))
+        raise
+    try:
+        status = {"run": _run, "validate": _validate, "schema": _schema, "backends": _backends,
+                  "inspect": _inspect, "bench": _bench}[args.command](args)
     except UnicompressError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        status = 2
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
-        return 130
+        status = 130
+    _report_completion(status)
+    return status
 
 
+# ---- framework noise ---------------------------------------------------------------------------------------------
+def is_noise(line: str) -> bool:
+    """Whether one stderr line is framework import noise (`NOISE`); errors and tracebacks never are."""
+    text = line.rstrip("\r\n")
+    return any(p.fullmatch(text) for p in NOISE)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return not is_noise(record.getMessage())
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted is not ours to judge
+            return True
+
+
+def _quiet_frameworks() -> None:
+    """In this process: drop the noise torch and torchao log through `logging`, and the setup warnings Paddle and
+    PaddleSlim raise on import (ccache, pkg_resources). Real warnings and errors are untouched."""
+    if os.environ.get(RAW_STDERR_ENV) == "1":
+        return
+    for name in ("torchao", "torch.utils._pytree"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=r"No ccache found", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated as an API", category=UserWarning)
+
+
+def _should_supervise() -> bool:
+    """Only the command itself (the console script, or ``python -m unicompress.cli``) re-runs in a child: a script
+    that calls `main()` is never started again."""
+    started_as_command = Path(sys.argv[0]).name in ("unicompress", "cli.py") if sys.argv else False
+    return (os.name == "posix" and started_as_command and os.environ.get(_CHILD_ENV) is None
+            and os.environ.get(RAW_STDERR_ENV) != "1" and bool(getattr(sys, "orig_argv", None)))
+
+
+def _supervise() -> int:
+    """Run this very command line again in a child process, pass its stdout through, filter its stderr line by
+    line, and return its status. A child that ends with status 0 without reporting that the command finished
+    (a native library called exit(), e.g. LAPACK on an illegal value) is reported as a failure."""
+    import select
+    import signal
+    import subprocess
+
+    done_r, done_w = os.pipe()
+    env = dict(os.environ, **{_CHILD_ENV: str(done_w)})
+    proc = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], stderr=subprocess.PIPE, env=env,
+                            pass_fds=(done_w,))
+    os.close(done_w)
+    previous = {sig: signal.signal(sig, handler) for sig, handler in
+                ((signal.SIGINT, signal.SIG_IGN),  # the terminal sends it to the child too; it cleans up
+                 (signal.SIGTERM, lambda *_: proc.terminate()))}
+    err, out = proc.stderr.fileno(), sys.stderr.buffer
+    pending = b""
+    try:
+        while True:
+            ready, _, _ = select.select([err], [], [], 0.2)
+            if not ready:
+                if pending:  # a partial line that waits: show it (a prompt, a progress bar)
+                    out.write(pending)
+                    out.flush()
+                    pending = b""
+                continue
+            chunk = os.read(err, 65536)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept = [line + b"\n" for line in lines if not is_noise(line.decode("utf-8", "replace"))]
+            if b"\r" in pending:  # progress bars redraw with carriage returns: pass them through now
+                head, sep, pending = pending.rpartition(b"\r")
+                kept.append(head + sep)
+            if kept:
+                out.write(b"".join(kept))
+                out.flush()
+        if pending and not is_noise(pending.decode("utf-8", "replace")):
+            out.write(pending)
+            out.flush()
+        status = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    with os.fdopen(done_r, "rb") as fh:
+        finished = fh.read().startswith(b"done")
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = str(-status)
+        print(f"unicompress: the process was killed by signal {name}; see the lines above", file=sys.stderr)
+        return 128 - status
+    if status == 0 and not finished:
+        print("unicompress: the process ended with status 0 before the command finished (a native library "
+              "stopped it; see the lines above). Treat the command as failed.", file=sys.stderr)
+        return 3
+    return status
+
+
+def _report_completion(status: int) -> None:
+    fd = os.environ.get(_CHILD_ENV)
+    if fd is None or not fd.isdigit():
+        return
+    try:
+        os.write(int(fd), b"done %d" % status)
+        os.close(int(fd))
+    except OSError:
+        pass
+    os.environ.pop(_CHILD_ENV, None)
+
+
+# ---- factories: recipes are data -------------------------------------------------------------------------------
+def allowed_factory_modules(extra: Sequence[str] = (), adapter: Any = None) -> list[str]:
+    """The modules whose functions a recipe's ``factory:`` may name, in this order of sources:
+
+    - ``UNICOMPRESS_ALLOW_FACTORIES`` (comma- or space-separated module names) and ``--allow-factory MODULE``;
+    - modules installed distributions vouch for under the entry-point group ``unicompress.factories``;
+    - the module that defines the recipe's backend adapter (you chose to run that code already).
+    A module allows its submodules too. Example: ``allowed_factory_modules(["mypkg"])``.
+    """
+    from importlib import metadata
+
+    allowed = [m for m in re.split(r"[,\s]+", os.environ.get(FACTORY_ENV, "")) if m]
+    allowed += [m.strip() for m in extra if m.strip()]
+    try:
+        allowed += [ep.value.split(":")[0].strip() for ep in metadata.entry_points(group=FACTORY_ENTRY_POINTS)]
+    except Exception:  # noqa: BLE001 - a broken distribution's metadata must not stop the command
+        pass
+    if adapter is not None:
+        allowed.append(type(adapter).__module__)
+    return list(dict.fromkeys(allowed))
+
+
+def factory_refusal(ref: str, allowed: Sequence[str]) -> Optional[str]:
+    """Why `ref` ("module:function") may not be called (None when it may)."""
+    module, _, attr = ref.partition(":")
+    if attr.startswith("_"):
+        return f"{attr!r} is private: a factory is a public function"
+    if not any(module == m or module.startswith(m + ".") for m in allowed):
+        return (f"module {module!r} is not allowed to run code from a recipe; if you trust it, pass "
+                f"--allow-factory {module} or set {FACTORY_ENV}={module}")
+    return None
+
+
+def resolve_factory(ref: str, allowed: Sequence[str]) -> Any:
+    """The callable a recipe's factory names, imported only when its module is allowed (never called here)."""
+    refusal = factory_refusal(ref, allowed)
+    if refusal:
+        raise FactoryNotAllowedError(f"factory {ref!r}: {refusal}")
+    module, _, attr = ref.partition(":")
+    try:
+        target = getattr(importlib.import_module(module), attr)
+    except AttributeError:
+        raise UnicompressError(f"factory {ref!r}: module {module!r} has no {attr!r}") from None
+    except Exception as exc:  # noqa: BLE001 - ImportError, or whatever the module raises while it imports
+        raise UnicompressError(f"factory {ref!r}: module {module!r} cannot be imported "
+                               f"({type(exc).__name__}: {exc})") from None
+    if not callable(target):
+        raise UnicompressError(f"factory {ref!r} is a {type(target).__name__}, not a function")
+    return target
+
+
+# ---- validate ----------------------------------------------------------------------------------------------------
 def _validate(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.recipes:
+        try:
+            status = max(status, _validate_one(path, args))
+        except UnicompressError as exc:  # one bad file never stops the others
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            status = 2
+        except Exception as exc:  # noqa: BLE001 - a bug shows its type, and the batch goes on
+            print(f"error: {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            status = 2
+    return status
+
+
+def _validate_one(path: str, args: argparse.Namespace) -> int:
+    from .api import recipe_problems
     from .backend import get_backend
     from .errors import SpecValidationError
     from .recipe_io import load_recipe
 
-    status = 0
-    for path in args.recipes:
+    try:
+        recipe = load_recipe(Path(path))
+    except SpecValidationError as exc:
+        print(f"{path}: INVALID\n{exc}")
+        return 2
+    name = args.backend or recipe.backend
+    if name != "auto":
+        adapter = get_backend(name)
+        problems = recipe_problems(adapter, recipe)
+        if args.backend or args.plan:  # every check `run` makes before work
+            problems += run_problems(recipe, name, adapter, allowed_factory_modules(args.allow_factory, adapter))
+        if problems:
+            print(f"{path}: valid, but backend {name!r} cannot run it:\n  " + "\n  ".join(map(str, problems)))
+            return 2
+    print(f"{path}: ok ({len(recipe.stages)} stage(s): {' -> '.join(s.technique for s in recipe.stages)})")
+    if args.plan:
+        return _print_plan(recipe, name, args)
+    return 0
+
+
+def run_problems(recipe: Any, name: str, adapter: Any, allowed: Sequence[str], out: Optional[str] = None
+                 ) -> list[Problem]:
+    """What `run` would refuse about the recipe's model, data and outputs, found without running anything:
+    factories allowed and importable (never called), the zoo model built by the backend, the weights file
+    readable, the dataset known, data present for the stages and the ONNX export, export and report folders
+    writable. `validate --backend` prints these; `run` raises them."""
+    from .api import _data_need, export_problems, output_problems
+    from .specs import ExportFormat
+
+    problems: list[Problem] = []
+    for field_name, source in (("model", recipe.model), ("data", recipe.data)):
+        ref = getattr(source, "factory", None)
+        if ref:
+            try:
+                resolve_factory(ref, allowed)
+            except UnicompressError as exc:
+                problems.append(Problem(f"{field_name}.factory", ref, str(exc).split(": ", 1)[-1]))
+    if recipe.model is not None and recipe.model.zoo and recipe.model.zoo not in adapter.zoo_models:
+        problems.append(Problem("model.zoo", recipe.model.zoo, f"backend {name!r} builds: "
+                                f"{', '.join(adapter.zoo_models)}"))
+    if recipe.model is not None and recipe.model.weights:
+        from .zoo.checkpoint import safetensors_header
+
         try:
-            recipe = load_recipe(Path(path))
-        except SpecValidationError as exc:
-            print(f"{path}: INVALID\n{exc}")
-            status = 2
-            continue
-        name = args.backend or recipe.backend
-        if name != "auto":
-            caps = get_backend(name).capabilities()
-            problems = [f"stages[{i}] {p}" for i, st in enumerate(recipe.stages) for p in caps.problems(st)]
-            if problems:
-                print(f"{path}: valid, but backend {name!r} cannot run it:\n  " + "\n  ".join(problems))
-                status = 2
-                continue
-        print(f"{path}: ok ({len(recipe.stages)} stage(s): {' -> '.join(s.technique for s in recipe.stages)})")
-        if args.plan:
-            status = max(status, _print_plan(recipe, name))
-    return status
+            safetensors_header(recipe.model.weights_for(name))
+        except UnicompressError as exc:
+            problems.append(Problem("model.weights", recipe.model.weights_for(name), str(exc).split(": ", 1)[-1]))
+    if recipe.data is not None and recipe.data.dataset:
+        from .data import loader_for
+
+        try:
+            loader_for(recipe.data.dataset)
+        except UnicompressError as exc:
+            problems.append(Problem("data.dataset", recipe.data.dataset, str(exc)))
+    if recipe.data is None:
+        problems += [Problem(f"stages[{i}]", stage.technique, f"needs {need} data: add a data: section")
+                     for i, stage in enumerate(recipe.stages) for need in [_data_need(stage)] if need]
+        if recipe.export is not None and ExportFormat.onnx in recipe.export.formats:
+            problems.append(Problem("export.formats", "onnx", "the ONNX export needs example inputs: add a data: "
+                                    "section"))
+    problems += export_problems(recipe, name)
+    report_dir = _report_dir(recipe, out)
+    if recipe.export is None or Path(report_dir) != Path(recipe.export.directory):
+        problems += output_problems(report_dir, [Path(report_dir) / n for n in ("report.md", "report.json")],
+                                    field_name="--out" if out else "report folder")
+    return problems
 
 
-def _print_plan(recipe: Any, name: str) -> int:
+def _report_dir(recipe: Any, out: Optional[str]) -> str:
+    return out or (recipe.export.directory if recipe.export else "unicompress-out")
+
+
+def _print_plan(recipe: Any, name: str, args: argparse.Namespace) -> int:
     """Build the recipe's model and print what each stage would touch (the planner `run` uses)."""
     from .api import check_plan
     from .backend import get_backend
@@ -129,8 +407,9 @@ def _print_plan(recipe: Any, name: str) -> int:
         print("  plan: needs --backend (or backend: in the recipe) and a model: section")
         return 2
     adapter = get_backend(name)
-    data = _load_data(recipe)
-    model = _build_model(recipe, name, adapter, data)
+    allowed = allowed_factory_modules(args.allow_factory, adapter)
+    data = _load_data(recipe, allowed)
+    model = _build_model(recipe, name, adapter, data, allowed)
     structure = resolve_structure(adapter, model, recipe.structure)
     print(f"  structure: {structure.summary() if structure else 'no Transformer structure found'}")
     for plan in check_plan(adapter, model, recipe, data, structure):
@@ -232,15 +511,10 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_callable(ref: str) -> Any:
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def _run(args: argparse.Namespace) -> int:
-    from .api import compress
+    from .api import compress, recipe_problems
     from .backend import get_backend
-    from .errors import BackendNotFoundError
+    from .errors import BackendNotFoundError, ExportError, SpecValidationError
     from .recipe_io import load_recipe
 
     recipe = load_recipe(Path(args.recipe))
@@ -249,10 +523,21 @@ def _run(args: argparse.Namespace) -> int:
         raise BackendNotFoundError("a recipe run from the CLI must name its backend (backend: torch) "
                                    "or be given --backend")
     adapter = get_backend(name)
-    data = _load_data(recipe)
-    model = _build_model(recipe, name, adapter, data)
-    result = compress(model, recipe, data, backend=name, progress=not args.no_progress)
-    out = Path(args.out or (recipe.export.directory if recipe.export else "unicompress-out"))
+    allowed = allowed_factory_modules(args.allow_factory, adapter)
+    problems = recipe_problems(adapter, recipe) + run_problems(recipe, name, adapter, allowed, args.out)
+    if problems:  # the same checks as `validate --backend`, before any data is loaded or model built
+        if any(p.path.endswith(".factory") for p in problems):
+            raise FactoryNotAllowedError("\n".join(["nothing was run:"] + [f"  - {p}" for p in problems]))
+        raise SpecValidationError(problems, f"{args.recipe} on backend {name!r} (nothing was run)")
+    data = _load_data(recipe, allowed)
+    model = _build_model(recipe, name, adapter, data, allowed)
+    try:
+        result = compress(model, recipe, data, backend=name, progress=not args.no_progress)
+    except ExportError as exc:
+        if exc.result is not None:  # the compressed model was saved; keep the report beside it too
+            _save_report_beside(exc)
+        raise
+    out = Path(_report_dir(recipe, args.out))
     written = result.report.save(out)
     if args.json:
         print(json.dumps(result.report.to_dict(), indent=2))
@@ -262,19 +547,28 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_data(recipe: Any) -> Any:
-    """The recipe's data: a registry dataset or a factory's TaskData (None without a data: section)."""
+def _save_report_beside(exc: Any) -> None:
+    if exc.recovery is None:
+        return
+    try:
+        exc.result.report.save(Path(exc.recovery).parent, plot=False)
+    except Exception:  # noqa: BLE001 - the model copy matters; the report is a bonus
+        pass
+
+
+def _load_data(recipe: Any, allowed: Sequence[str] = ()) -> Any:
+    """The recipe's data: a registry dataset or an allowed factory's TaskData (None without a data: section)."""
     if recipe.data is None:
         return None
     if recipe.data.dataset:
         from .data import load_dataset
 
         return load_dataset(recipe.data.dataset, **recipe.data.kwargs)
-    return _resolve_callable(recipe.data.factory)(**recipe.data.kwargs)
+    return resolve_factory(recipe.data.factory, allowed)(**recipe.data.kwargs)
 
 
-def _build_model(recipe: Any, name: str, adapter: Any, data: Any) -> Any:
-    """The recipe's model on backend `name`: a zoo model (with its checkpoint) or a factory's."""
+def _build_model(recipe: Any, name: str, adapter: Any, data: Any, allowed: Sequence[str] = ()) -> Any:
+    """The recipe's model on backend `name`: a zoo model (with its checkpoint) or an allowed factory's."""
     if recipe.model is None:
         raise UnicompressError("the recipe has no model: section; add e.g. model: {zoo: minilm-l6}")
     kwargs = dict(recipe.model.kwargs)
@@ -286,7 +580,7 @@ def _build_model(recipe: Any, name: str, adapter: Any, data: Any) -> Any:
         kwargs["weights"] = load_safetensors(recipe.model.weights_for(name), prefix_fix=False)
     if recipe.model.zoo:
         return adapter.build_model(recipe.model.zoo, **kwargs)
-    return _resolve_callable(recipe.model.factory)(backend=name, **kwargs)
+    return resolve_factory(recipe.model.factory, allowed)(backend=name, **kwargs)
 
 
 if __name__ == "__main__":  # pragma: no cover

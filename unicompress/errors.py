@@ -111,3 +111,78 @@ class JudgeError(UnicompressError):
                  f"modified. {len(failed)} of {len(self.checks)} check(s) failed:"]
         lines += [f"  - {c}" for c in failed]
         super().__init__("\n".join(lines))
+
+
+class InvalidDataError(UnicompressError, ValueError):
+    """The data given cannot be used as it is: a batch without rows, NaN/inf inputs, labels that are not class
+    indices, inputs and labels of different lengths. Raised before any stage when the first batches show it,
+    or by the stream that meets it (never a silent spin or silent truncation)."""
+
+
+class NonFiniteWeightsError(UnicompressError, ValueError):
+    """The model's weights hold NaN or inf values; every stage would compute NaN scales and masks from them.
+    Raised before any stage; the message names the layers and how many values."""
+
+
+class CheckpointError(UnicompressError, ValueError):
+    """A weights file (safetensors) cannot be read or does not hold what it claims; the message names the file."""
+
+
+class FactoryNotAllowedError(UnicompressError, PermissionError):
+    """A recipe names a ``factory:`` whose module is not on the allow-list: recipes are data, and their code
+    runs only from modules the user allowed (``--allow-factory MODULE`` or UNICOMPRESS_ALLOW_FACTORIES)."""
+
+
+class ExportError(UnicompressError):
+    """Every stage ran, but writing or evaluating the result failed. Nothing is lost: `result` holds the
+    compressed model (and the report so far), and `recovery` the folder a copy was saved to (None if that
+    failed too). The input model was not modified."""
+
+    def __init__(self, message: str, result: object = None, recovery: object = None):
+        self.result = result
+        self.recovery = recovery
+        super().__init__(message)
+
+
+class Shown:
+    """How an error message shows a value: a short rendering computed once, never the whole value."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Shown) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def shown(value: object, limit: int = 80) -> object:
+    """`value` itself when it is a small scalar; otherwise a `Shown` summary safe to put in a Problem.
+
+    Containers show their size (never their content, which may come from a file that is no recipe), long
+    strings are cut before they are repr()'d, and integers too long to print show their digit count.
+    Example: ``str(Problem("x", shown([1] * 10**6), "too long"))`` is ``x: got a list of 1000000 items; ...``.
+    """
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 256 else Shown(f"an integer of about {int(value.bit_length() * 0.30103)} "
+                                                             "digits")
+    if isinstance(value, str):
+        return value if len(value) <= limit else Shown(repr(value[:limit - 3]) + "...")
+    if isinstance(value, (bytes, bytearray)):
+        return Shown(f"{len(value)} bytes")
+    if isinstance(value, dict):
+        return Shown(f"a mapping of {len(value)} key(s)")
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return Shown(f"a list of {len(value)} item(s)")
+    return Shown(f"a {type(value).__name__}")
+
+
+class OutputPathError(UnicompressError, ValueError):
+    """An output path cannot be written: a file where a folder belongs (or the reverse), a folder that is
+    not writable or on a read-only file system. Raised before any stage, so no work is lost."""

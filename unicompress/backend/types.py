@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import InvalidDataError
 from ..specs.selector import LayerRole
 
 #: One model input: an array, or named arrays (e.g. input_ids, attention_mask).
@@ -195,16 +196,19 @@ class TaskData:
         while True:
             empty = True
             for x, y in self.train():
+                # a batch without rows would make the loop spin; NaN inputs or float labels would train garbage
+                check_batch(x, y, "TaskData.train", self.task)
                 empty = False
                 yield x, y
             if empty:
-                raise ValueError("TaskData.train yielded no batches")
+                raise InvalidDataError("TaskData.train yielded no batches")
 
     def calibration_batches(self, limit: int) -> list[Inputs]:
         """Up to `limit` calibration inputs (falls back to the train inputs)."""
         source = self.calibration or (lambda: (x for x, _ in self.train()) if self.train else iter(()))
         out = []
         for x in source():
+            check_batch(x, None, "TaskData.calibration")  # NaN/inf inputs would give NaN ranges
             out.append(x)
             if len(out) >= limit:
                 break
@@ -222,7 +226,7 @@ def rebatch(stream: Iterable[tuple[Inputs, np.ndarray]], batch_size: int) -> Ite
     parts: list[tuple[Inputs, np.ndarray]] = []
     held = 0
     for x, y in stream:
-        n = batch_size_of(x)
+        n = rows_of_batch(x, y, "the training data")  # 0 rows would never fill a batch: refuse, never spin
         if not parts and n == batch_size:
             yield x, y
             continue
@@ -280,6 +284,76 @@ def count_nonzero(values: np.ndarray) -> int:
     """
     values = np.asarray(values)
     return int(values.size - np.count_nonzero(values == 0))
+
+
+def rows_of_batch(inputs: Inputs, labels: Optional[np.ndarray], source: str) -> int:
+    """The rows of one batch, after checking it has some and that every input (and the labels) agree.
+
+    Raises InvalidDataError naming `source`: a batch without rows makes a training loop spin forever (the
+    re-batcher never fills a batch), and inputs and labels of different lengths pair rows wrongly.
+    Example: ``rows_of_batch({"input_ids": ids}, labels, "TaskData.train") == len(labels)``.
+    """
+    arrays = inputs if isinstance(inputs, dict) else {"inputs": inputs}
+    if not arrays:
+        raise InvalidDataError(f"{source} yielded a batch with no input arrays")
+    rows = {name: (np.shape(a)[0] if np.ndim(a) else None) for name, a in arrays.items()}
+    if labels is not None:
+        rows["labels"] = np.shape(labels)[0] if np.ndim(labels) else None
+    if any(r is None for r in rows.values()):
+        raise InvalidDataError(f"{source} yielded a batch with a scalar where an array of rows belongs "
+                               f"({', '.join(k for k, r in rows.items() if r is None)})")
+    counts = set(rows.values())
+    if len(counts) > 1:
+        raise InvalidDataError(f"{source} yielded a batch whose arrays disagree on the number of rows: "
+                               + ", ".join(f"{k} {r}" for k, r in rows.items()))
+    n = int(counts.pop())
+    if n == 0:
+        raise InvalidDataError(f"{source} yielded a batch with no rows (shapes "
+                               + ", ".join(f"{k} {tuple(np.shape(a))}" for k, a in arrays.items())
+                               + "); drop empty batches, e.g. the last one of an exact split")
+    return n
+
+
+def check_batch(inputs: Inputs, labels: Optional[np.ndarray], source: str, task: str = "classification",
+                num_labels: Optional[int] = None) -> int:
+    """`rows_of_batch`, then the values: float inputs must be finite and class labels integers in
+    ``[0, num_labels)``; returns the rows. Raises InvalidDataError naming `source` and the array.
+
+    Example: ``check_batch({"x": np.ones((2, 3))}, np.array([0, 1]), "TaskData.train") == 2``.
+    """
+    n = rows_of_batch(inputs, labels, source)
+    for name, values in (inputs.items() if isinstance(inputs, dict) else [("inputs", inputs)]):
+        _refuse_non_finite(source, str(name), np.asarray(values))
+    if labels is not None and task == "classification":
+        _check_labels(source, np.asarray(labels), num_labels)
+    return n
+
+
+def _refuse_non_finite(source: str, name: str, values: np.ndarray) -> None:
+    if values.dtype.kind not in "fc":
+        return
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    nan = int(np.isnan(values).sum())
+    raise InvalidDataError(f"{source}: input {name!r} holds {nan} NaN and {int(values.size - finite.sum()) - nan} "
+                           f"infinite value(s) of {values.size}; every stage would compute NaN from them "
+                           "(calibration ranges, losses): clean or drop those examples")
+
+
+def _check_labels(source: str, labels: np.ndarray, num_labels: Optional[int]) -> None:
+    if labels.dtype.kind == "b":
+        return
+    if labels.dtype.kind not in "iu":
+        sample = labels.ravel()[:3].tolist() if labels.dtype.kind in "fc" else []
+        raise InvalidDataError(f"{source}: labels are {labels.dtype}{' ' + str(sample) if sample else ''}; class "
+                               "labels are integers (np.int64): a float label would be cut to an integer without a "
+                               "word. Cast them with labels.astype(np.int64) once you know they are whole numbers")
+    if num_labels and labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_labels:
+            raise InvalidDataError(f"{source}: labels range over [{low}, {high}], outside [0, {num_labels}) of "
+                                   f"TaskData.num_labels={num_labels}")
 
 
 def batch_size_of(inputs: Inputs) -> int:

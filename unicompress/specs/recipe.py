@@ -4,7 +4,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import SPEC_VERSION, SpecModel
 from .distillation import DistillationSpec
@@ -13,6 +13,13 @@ from .lowrank import LowRankSpec
 from .pruning import PruningSpec
 from .quantization import QuantizationSpec
 from .structure import StructureDeclaration
+from .training import MAX_SEED
+
+#: characters a recipe's name must not hold: it names files inside export.directory (path separators, NUL and
+#: other control characters would put them elsewhere or break them)
+_NAME_FORBIDDEN = frozenset("/\\") | frozenset(map(chr, range(32))) | {chr(127)}
+#: bytes of a name in UTF-8: file names are at most 255 bytes, and exports add a suffix (".tensorflow")
+MAX_NAME_BYTES = 200
 
 Stage = Annotated[Union[PruningSpec, QuantizationSpec, DistillationSpec, LowRankSpec, FineTuneSpec],
                   Field(discriminator="technique")]
@@ -35,9 +42,17 @@ class ModelSource(SpecModel):
 
     zoo: Optional[str] = None
     factory: Optional[str] = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-    weights: Optional[str] = Field(None, description="safetensors file to load after building; `{backend}` in "
-                                   "the path is replaced by the backend's name (a checkpoint per framework)")
+    weights: Optional[str] = Field(None, min_length=1, description="safetensors file to load after building; "
+                                   "`{backend}` in the path is replaced by the backend's name (a checkpoint per "
+                                   "framework)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_path(cls, weights: Optional[str]) -> Optional[str]:
+        if weights is not None and "\x00" in weights:
+            raise ValueError("a path cannot hold a NUL character")
+        return weights
 
     @model_validator(mode="after")
     def _one(self) -> "ModelSource":
@@ -72,8 +87,16 @@ class ExportSpec(SpecModel):
     """What to write at the end; every file is written atomically."""
 
     formats: list[ExportFormat] = Field(default_factory=lambda: [ExportFormat.onnx])
-    directory: str = "unicompress-out"
+    directory: str = Field("unicompress-out", min_length=1, description="where the files go; each is named "
+                           "after the recipe's name, which cannot leave this directory")
     opset: int = Field(17, ge=13, le=21)
+
+    @field_validator("directory")
+    @classmethod
+    def _path(cls, directory: str) -> str:
+        if "\x00" in directory:
+            raise ValueError("a path cannot hold a NUL character")
+        return directory
 
 
 class Recipe(SpecModel):
@@ -101,7 +124,22 @@ class Recipe(SpecModel):
     structure: Optional[StructureDeclaration] = Field(
         None, description="where the model's attention heads and FFN pairs are, when discovery cannot know it")
     evaluate: bool = True
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="below 2**32: every framework's and numpy's seeding takes it")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, name: str) -> str:
+        """The name becomes ``<export.directory>/<name>.onnx`` (and ``.<backend>``): one plain file name."""
+        bad = sorted({c for c in name if c in _NAME_FORBIDDEN})
+        if bad:
+            raise ValueError(f"holds {', '.join(map(repr, bad))}: the name names files inside export.directory, so "
+                             "it cannot hold path separators or control characters")
+        if set(name) <= {"."}:
+            raise ValueError("is not a file name (only dots: it would name a directory)")
+        size = len(name.encode("utf-8", "surrogatepass"))
+        if size > MAX_NAME_BYTES:
+            raise ValueError(f"is {size} bytes in UTF-8; at most {MAX_NAME_BYTES} (it becomes a file name)")
+        return name
 
     @model_validator(mode="after")
     def _order(self) -> "Recipe":

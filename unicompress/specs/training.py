@@ -8,6 +8,10 @@ from pydantic import Field
 
 from .base import SpecModel
 
+#: the largest seed a recipe may give: 2**32 - 1, what numpy's legacy RandomState, TensorFlow, Paddle and torch
+#: all accept (a larger one would validate here and fail inside a framework at run time)
+MAX_SEED = 2**32 - 1
+
 
 class Optimizer(str, Enum):
     adamw = "adamw"
@@ -31,6 +35,6 @@ class TrainingSpec(SpecModel):
     optimizer: Optimizer = Optimizer.adamw
     batch_size: int = Field(16, ge=1, le=65536, description="examples per optimizer step (the global batch under "
                             "data_parallel); the training data is re-batched to this size")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="below 2**32: every framework's and numpy's seeding takes it")
     distributed: DistributedStrategy = DistributedStrategy.none
     log_every: Optional[int] = Field(None, ge=1, description="record the loss every N steps")

@@ -135,18 +135,19 @@ def load_safetensors(path: Union[str, Path], config: Optional[BertConfig] = None
     """Read a BERT safetensors file (e.g. all-MiniLM-L6-v2) as neutral numpy weights, no framework needed.
 
     Sentence-transformers checkpoints lack the ``bert.`` prefix; it is added. Missing classifier
-    weights are left out (the caller initialises the head).
+    weights are left out (the caller initialises the head). A missing or corrupt file raises CheckpointError
+    naming it.
     """
-    from safetensors.numpy import load_file  # local: optional dependency
+    from .checkpoint import read_safetensors  # local: checkpoint imports this module
 
-    raw = load_file(str(path))
+    _, raw = read_safetensors(path)  # CheckpointError naming the file when it is missing or corrupt
     out = {}
     for name, value in raw.items():
         if name.startswith("embeddings.position_ids"):
             continue
         if prefix_fix and not name.startswith(("bert.", "classifier.")):
             name = "bert." + name
-        out[name] = value.astype(np.float32)
+        out[name] = value
     return out
 
 

@@ -13,6 +13,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..errors import CheckpointError
 from . import bert, vit
 
 #: metadata keys of a unicompress checkpoint
@@ -67,15 +68,66 @@ def save_checkpoint(weights: dict[str, np.ndarray], path: Union[str, Path], zoo_
     return atomic_write_bytes(Path(path), data)
 
 
-def read_checkpoint(path: Union[str, Path], zoo_name: str = "") -> Checkpoint:
-    """Read a checkpoint written by `save_checkpoint` (or `bert.save_safetensors`, naming `zoo_name`)."""
+def _unreadable(path: Union[str, Path], exc: BaseException) -> CheckpointError:
+    if isinstance(exc, FileNotFoundError):
+        return CheckpointError(f"{path}: weights file not found")
+    if isinstance(exc, IsADirectoryError) or Path(path).is_dir():
+        return CheckpointError(f"{path}: is a directory, not a safetensors weights file")
+    if isinstance(exc, PermissionError):
+        return CheckpointError(f"{path}: permission denied: the weights file cannot be read")
+    if isinstance(exc, OSError):
+        return CheckpointError(f"{path}: the weights file cannot be read: {exc.strerror or exc}")
+    return CheckpointError(f"{path}: not a valid safetensors file ({type(exc).__name__}: {str(exc)[:200]})")
+
+
+def safetensors_header(path: Union[str, Path]) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """(metadata, name -> shape) of a safetensors file, reading only its header (no tensor is loaded).
+
+    The header is checked as safetensors checks it (offsets, sizes, dtypes against the file's length), so a
+    truncated or lying file fails here. Raises CheckpointError naming the file.
+    Example: ``meta, shapes = safetensors_header("m.safetensors")``.
+    """
     from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = dict(handle.metadata() or {})
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: all become ours, with the file
+        raise _unreadable(path, exc) from exc
+    return metadata, shapes
+
+
+def read_safetensors(path: Union[str, Path]) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(metadata, name -> float32 array) of a safetensors file; CheckpointError naming the file otherwise."""
     from safetensors.numpy import load_file
 
-    with safe_open(str(path), framework="numpy") as handle:
-        metadata = handle.metadata() or {}
+    metadata, _ = safetensors_header(path)
+    try:
+        raw = load_file(str(path))
+        weights = {k: np.asarray(v).astype(np.float32) for k, v in raw.items()}
+    except Exception as exc:  # noqa: BLE001 - e.g. a dtype numpy lacks (bf16), a file changed under us
+        raise _unreadable(path, exc) from exc
+    return metadata, weights
+
+
+def read_checkpoint(path: Union[str, Path], zoo_name: str = "") -> Checkpoint:
+    """Read a checkpoint written by `save_checkpoint` (or `bert.save_safetensors`, naming `zoo_name`).
+
+    Every problem (missing, unreadable, corrupt, a header that lies, an unknown zoo name, weights of another
+    architecture) is a CheckpointError that names the file.
+    """
+    from . import ZOO_NAMES, USER_MODELS
+
+    metadata, weights = read_safetensors(path)
     name = metadata.get(ZOO_KEY) or zoo_name
     if not name:
-        raise ValueError(f"{path} names no zoo architecture in its metadata ({ZOO_KEY}); pass zoo_name")
-    weights = {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
-    return Checkpoint(name, config_from_weights(name, weights), weights)
+        raise CheckpointError(f"{path} names no zoo architecture in its metadata ({ZOO_KEY}); pass zoo_name")
+    if name not in ZOO_NAMES + USER_MODELS:
+        raise CheckpointError(f"{path}: its metadata names zoo model {str(name)[:60]!r}; known: "
+                              f"{', '.join(ZOO_NAMES)}")
+    try:
+        config = config_from_weights(name, weights)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return Checkpoint(name, config, weights)

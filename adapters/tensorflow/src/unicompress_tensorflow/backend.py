@@ -25,6 +25,7 @@ class TensorFlowAdapter(Adapter):
     requirements = ("unicompress-tensorflow", "tensorflow-cpu==2.21.0", "tf-keras==2.21.0",
                     "tensorflow-model-optimization==0.8.1", "tf2onnx==1.17.0")
     framework_modules = ("tf_keras", "keras", "tensorflow", "unicompress_tensorflow")
+    zoo_models = ("tiny-bert", "tiny-vit", "minilm-l6", "user-encoder")
     _started = False  # start_if_worker ran (once per process)
 
     def _mod(self, name: str) -> Any:
@@ -56,41 +57,60 @@ class TensorFlowAdapter(Adapter):
         return out
 
     # ---- model plumbing ------------------------------------------------------------------------
+    # A Keras 3 model (`import keras`) is read through its tf_keras rebuild (`keras3.twin`), copied as that
+    # rebuild (so every stage works on tf_keras), and refused with a Keras3ModelError where it cannot be rebuilt.
+    def _keras(self, model: Any) -> Any:
+        """The tf_keras model to read: the model itself, the Keras model of a TFLite one, or a Keras 3 twin."""
+        if self._is_tflite(model):
+            return model.keras_model
+        if _is_keras3(model):
+            return self._mod("keras3").twin(model)
+        return model
+
     def copy(self, model: Any) -> Any:
         if self._is_tflite(model):
             return model.copy()
+        if _is_keras3(model):
+            return self._mod("keras3").to_tf_keras(model)
         return self._mod("layers").copy_model(model)
 
     def layers(self, model: Any) -> list[LayerInfo]:
-        if self._is_tflite(model):
-            return self._mod("layers").layer_infos(model.keras_model)
-        return self._mod("layers").layer_infos(model)
+        """Every compressible layer; roles from the discovered structure (`assign_roles`), names as fallback."""
+        return self._mod("layers").roles(self._keras(model))
 
     def structure(self, model: Any) -> Optional[TransformerStructure]:
-        if self._is_tflite(model):
-            model = model.keras_model
-        return self._mod("layers").structure(model)
+        return self._mod("layers").structure(self._keras(model))
 
     def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
         if self._is_tflite(model):
             return model.dequantized_weights(names)
-        return self._mod("layers").get_weights(model, names)
+        return self._mod("layers").get_weights(self._keras(model), names)
 
     def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
         if self._is_tflite(model):
             raise TypeError("a TFLite flatbuffer is read-only; set weights before quantizing")
-        self._mod("layers").set_weights(model, weights)
+        self._mod("layers").set_weights(self._keras(model), weights)
+        if _is_keras3(model):
+            self._mod("keras3").write_back(model)
 
     def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
-        return self._mod("quantization").quantized_weights(model)
+        return self._mod("quantization").quantized_weights(model if self._is_tflite(model) else self._keras(model))
 
     def run(self, model: Any, inputs: Inputs) -> np.ndarray:
         if self._is_tflite(model):
             return model.run(inputs)
+        if _is_keras3(model):
+            return self._mod("keras3").run(model, inputs)
         return self._mod("layers").run(model, inputs)
 
     def describe(self, model: Any) -> list[LayerStats]:
-        return self._mod("quantization").describe(model)
+        return self._mod("quantization").describe(model if self._is_tflite(model) else self._keras(model))
+
+    def apply(self, model: Any, spec: Any, data: Any = None, ctx: Any = None) -> Any:
+        """As `Adapter.apply`; a Keras 3 model is rebuilt as tf_keras first (the stages run on that)."""
+        if _is_keras3(model):
+            model = self.copy(model)
+        return super().apply(model, spec, data, ctx)
 
     # ---- compression ---------------------------------------------------------------------------
     def handlers(self) -> dict[type, Callable[..., Any]]:
@@ -107,10 +127,12 @@ class TensorFlowAdapter(Adapter):
 
     # ---- export --------------------------------------------------------------------------------
     def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
-        return self._mod("export").export_onnx(model, Path(path), example, opset)
+        return self._mod("export").export_onnx(model if self._is_tflite(model) else self._keras(model), Path(path),
+                                               example, opset)
 
     def export_native(self, model: Any, directory: Path) -> Path:
-        return self._mod("export").export_native(model, Path(directory))
+        return self._mod("export").export_native(model if self._is_tflite(model) else self._keras(model),
+                                                 Path(directory))
 
     # ---- zoo -----------------------------------------------------------------------------------
     def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
@@ -122,3 +144,10 @@ class TensorFlowAdapter(Adapter):
     @staticmethod
     def _is_tflite(model: Any) -> bool:
         return type(model).__name__ == "TFLiteModel" and type(model).__module__.startswith("unicompress_tensorflow")
+
+
+def _is_keras3(model: Any) -> bool:
+    """A Keras 3 model (classes of the `keras` package, not `tf_keras`); imports nothing."""
+    mro = type(model).__mro__
+    return any(c.__module__.split(".")[0] == "keras" for c in mro) and \
+        not any(c.__module__.split(".")[0] == "tf_keras" for c in mro)

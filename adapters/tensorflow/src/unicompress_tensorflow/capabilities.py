@@ -40,14 +40,23 @@ def tensorflow_capabilities() -> Capabilities:
         ("finetune", "training.distributed", ["none", "data_parallel"], N),
     ]
     notes = {
-        "pruning": "tfmot.sparsity.keras.prune_low_magnitude on the selected Dense layers (ConstantSparsity / "
+        "pruning": "tfmot.sparsity.keras.prune_low_magnitude on the planned Dense layers (ConstantSparsity / "
                    "PolynomialDecay with the spec's frequency, sparsity_m_by_n=(n, m) for N:M, block_size for "
-                   "blocks), strip_pruning at the end. One-shot = each wrapper's own conditional_mask_update. "
-                   "Blocks are scored natively by AVG pooling of |w| (= L1 norm for full blocks; edge blocks are "
-                   "averaged over their valid part); the L2 block norm, neuron and head pruning (masks + rebuild "
-                   "with clone_model) are emulated and one-shot. No global scope and no movement/L0/L1 criteria "
-                   "in TFMOT. Functional/Sequential models only.",
-        "quantization": "qat and weight_only: TFMOT quantize_annotate_layer + quantize_apply with our "
+                   "blocks), and unstructured on keras MultiHeadAttention (the MHA wrapped, get_prunable_weights "
+                   "narrowed to the planned Q/K/V/O EinsumDense kernels); the wrappers are stripped as "
+                   "strip_pruning does. One-shot = each wrapper's own conditional_mask_update. Blocks are scored "
+                   "natively by AVG pooling of |w| (= L1 norm for full blocks; edge blocks are averaged over their "
+                   "valid part). Emulated with TF ops: N:M and blocks on EinsumDense kernels (TFMOT's N:M and block "
+                   "code takes rank-2 weights only), the L2 block norm, neuron and head pruning (masks, and with "
+                   "remove_pruned a rebuild: narrower Dense, fewer MultiHeadAttention / attention heads with the "
+                   "kept heads' kernels). Each selected layer's achieved sparsity is checked. No global scope and "
+                   "no movement/L0/L1 criteria in TFMOT. Functional/Sequential models only (Keras 3 ones are rebuilt "
+                   "as tf_keras first).",
+        "quantization": "Exactly the planned layers (selected minus skip overrides, each with the plan's settings). "
+                        "keras MultiHeadAttention projections through our MultiHeadAttentionQuantizeConfig (TFMOT has "
+                        "none): their EinsumDense kernels quantized per output unit like Dense kernels, and in static/"
+                        "qat a fake-quant on each projection's input (the attention context before O included). "
+                        "qat and weight_only: TFMOT quantize_annotate_layer + quantize_apply with our "
                         "QuantizeConfigs (LastValueQuantizer per-axis/per-tensor, symmetric/asymmetric, 2-8 bits, "
                         "narrow range; MovingAverageQuantizer for activations; LayerNormalization outputs in qat); "
                         "overrides give per-layer configs. static: the same weight configs, plus a TFMOT "

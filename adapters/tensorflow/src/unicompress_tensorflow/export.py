@@ -8,6 +8,10 @@ tf2onnx pitfalls handled here:
 - tf_keras' exact GELU is `tf.nn.gelu(approximate=False)`, which lowers to `Erfc`; ONNX has no Erfc,
   so a custom handler rewrites it as 1 - Erf(x).
 - names: graph inputs keep the neutral names; the output is renamed to "logits".
+- keras MultiHeadAttention's einsums become MatMuls whose kernels tf2onnx leaves as 5-D constants reshaped at
+  run time (Shape -> Gather -> Concat -> Reshape of the constant): `fold_constant_shapes` folds these
+  layout-only chains, so each projection is a MatMul on a 2-D initializer (its pruned zeros countable, its
+  weights matchable for QDQ).
 """
 from __future__ import annotations
 
@@ -122,9 +126,48 @@ def keras_to_onnx(model: Any, opset: int = 17) -> onnx.ModelProto:
                                           optimizers=onnx_optimizers(collect=large))
     if large:
         gc.collect()  # tf2onnx's last graphs are cyclic garbage too (~1 GB on MiniLM until the collector runs)
+    fold_constant_shapes(proto)
     fuse_layer_norms(proto)
     canonical_gelu(proto)
     return rename_io(proto, {proto.graph.output[0].name: OUTPUT_NAME})
+
+
+#: ops that only move or describe a constant's values (never change them): safe to evaluate at export
+_LAYOUT_OPS = frozenset({"Shape", "Gather", "Concat", "Reshape", "Unsqueeze", "Squeeze", "ReduceProd", "Cast",
+                         "Slice", "Transpose", "Identity", "Flatten"})
+
+
+def fold_constant_shapes(proto: onnx.ModelProto) -> int:
+    """Evaluate every layout-only node (`_LAYOUT_OPS`) whose inputs are all constants, replacing it by an
+    initializer (onnx's reference evaluator); returns how many were folded. Quantize/Dequantize nodes are
+    never folded, so QDQ weights stay QDQ."""
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    g = proto.graph
+    consts = {t.name: t for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            consts[n.output[0]] = n.attribute[0].t
+    values: dict[str, np.ndarray] = {}
+    kept, folded = [], 0
+    for n in g.node:
+        if n.op_type in _LAYOUT_OPS and n.input and all(i in consts for i in n.input if i) and len(n.output) == 1:
+            feeds = {i: values.setdefault(i, numpy_helper.to_array(consts[i])) for i in n.input if i}
+            out = ReferenceEvaluator(n).run(None, feeds)[0]
+            tensor = numpy_helper.from_array(np.asarray(out), n.output[0])
+            g.initializer.append(tensor)
+            consts[n.output[0]] = tensor
+            values[n.output[0]] = np.asarray(out)
+            folded += 1
+        else:
+            kept.append(n)
+    if folded:
+        _drop_dead(g, kept)
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        for t in [t for t in g.initializer if t.name not in used]:  # the folded chains' own constants
+            g.initializer.remove(t)
+    return folded
 
 
 def weights_as_qdq(proto: onnx.ModelProto, qweights: dict) -> int:

@@ -1,9 +1,11 @@
-"""Finding the compressible layers of a tf_keras model, their roles and the Transformer structure,
-and reading/writing their weights in the neutral [out, in] layout (Keras Dense kernels are [in, out]).
+"""Finding the compressible layers of a tf_keras model and their roles, and reading/writing their weights in
+the neutral [out, in] layout (Keras Dense kernels are [in, out]).
 
 Works on functional and Sequential models (layer names, as the zoo models use the neutral HF names),
 subclassed models (dotted attribute paths, e.g. "encoder.blocks.0.query"), and looks through TFMOT
 wrappers (PruneLowMagnitude, QuantizeWrapper) and keras MultiHeadAttention (kernels [hidden, heads, d]).
+Roles come from the structure (`discovery.py`, by layer types and the graph) through the core's
+`assign_roles`; the names only decide when no structure is found.
 """
 from __future__ import annotations
 
@@ -13,36 +15,30 @@ ensure_legacy_keras()
 
 import copy as _copy  # noqa: E402
 import re  # noqa: E402
+from contextlib import ExitStack  # noqa: E402
 import weakref  # noqa: E402
 from typing import Any, Iterator, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras as keras  # noqa: E402
-from unicompress.backend.types import (AttentionInfo, FFNInfo, Inputs, LayerInfo, LayerStats,  # noqa: E402
-                                       TransformerStructure, count_nonzero, known_names)
+from unicompress.backend.types import Inputs, LayerInfo, LayerStats, TransformerStructure, count_nonzero, \
+    known_names  # noqa: E402
 from unicompress.specs.selector import LayerRole  # noqa: E402
+from unicompress.structure import assign_roles  # noqa: E402
 
-from .models import FactorizedDense, ScaledDotProductAttention, custom_objects  # noqa: E402
+from . import discovery  # noqa: E402
+from .discovery import MHA_PARTS as _MHA_PARTS  # noqa: E402
+from .graph import copy_graph, is_graph_model, unwrap  # noqa: E402
+from .models import FactorizedDense, custom_objects  # noqa: E402
 
-_MHA_PARTS = (("query", "_query_dense"), ("key", "_key_dense"), ("value", "_value_dense"),
-              ("attention_output", "_output_dense"))
+__all__ = ["unwrap", "is_graph_model", "named_layers", "layer_infos", "roles", "structure", "get_weights",
+           "set_weights", "copy_model", "describe", "run", "to_tensors"]
 _BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block|h)\.(\d+)\.")
 # A TFMOT QuantizeWrapper replaces its layer's `kernel` attribute by the fake-quantized tensor (and the
 # layer stops tracking the variable); the float variable lives in the wrapper's `_weight_vars`.
 _FLOAT_KERNELS: "weakref.WeakKeyDictionary[Any, tf.Variable]" = weakref.WeakKeyDictionary()
-
-
-def unwrap(layer: Any) -> Any:
-    """The layer inside TFMOT wrappers (prune_low_magnitude, quantize)."""
-    while isinstance(layer, keras.layers.Wrapper):
-        layer = layer.layer
-    return layer
-
-
-def is_graph_model(model: Any) -> bool:
-    """Functional or Sequential (what TFMOT's whole-model APIs accept)."""
-    return isinstance(model, keras.Sequential) or bool(getattr(model, "_is_graph_network", False))
 
 
 def role_of(name: str, layer: Any) -> LayerRole:
@@ -66,12 +62,19 @@ def _entries(model: Any) -> Iterator[tuple[str, Any]]:
     """(neutral name, leaf layer) of every weight-carrying leaf we compress, in model order."""
     if is_graph_model(model):
         for outer in model.layers:
-            for weight, _, _ in getattr(outer, "_weight_vars", ()):
-                if "kernel" in weight.name:
-                    _FLOAT_KERNELS[unwrap(outer)] = weight
-            yield from _expand(unwrap(outer).name, unwrap(outer))
+            inner = unwrap(outer)
+            if not isinstance(inner, keras.layers.MultiHeadAttention):  # MHA: its QuantizeConfig remembers them
+                for weight, _, _ in getattr(outer, "_weight_vars", ()):
+                    if "kernel" in weight.name:
+                        _FLOAT_KERNELS[inner] = weight
+            yield from _expand(inner.name, inner)
     else:  # subclassed: dotted attribute paths are the only stable names
         yield from _walk_attributes(model, "", set())
+
+
+def remember_float_kernel(leaf: Any, var: tf.Variable) -> None:
+    """Where a QuantizeConfig replaces `leaf.kernel` by its fake-quantized tensor: the float variable."""
+    _FLOAT_KERNELS[leaf] = var
 
 
 def _walk_attributes(obj: Any, prefix: str, seen: set[int]) -> Iterator[tuple[str, Any]]:
@@ -187,35 +190,26 @@ def bias_var(layer: Any) -> Optional[tf.Variable]:
 
 
 def structure(model: Any) -> Optional[TransformerStructure]:
-    """Attention heads and FFN pairs, found from the zoo naming (or keras MultiHeadAttention)."""
-    names = named_layers(model)
-    attention, ffn = [], []
-    graph_layers = [unwrap(layer) for layer in model.layers] if is_graph_model(model) else []
-    for layer in graph_layers:
-        if isinstance(layer, ScaledDotProductAttention) and layer.name.endswith(".attention.self"):
-            base = layer.name[: -len(".self")]
-            q, k, v, o = (f"{base}.self.query", f"{base}.self.key", f"{base}.self.value", f"{base}.output.dense")
-            if all(n in names for n in (q, k, v, o)):
-                block = int(_BLOCK.search(layer.name + ".").group(1))
-                attention.append(AttentionInfo(block, q, k, v, o, layer.num_heads, layer.head_dim))
-        elif isinstance(layer, keras.layers.MultiHeadAttention):
-            m = _BLOCK.search(layer.name + ".")
-            attention.append(AttentionInfo(int(m.group(1)) if m else len(attention), f"{layer.name}.query",
-                                           f"{layer.name}.key", f"{layer.name}.value",
-                                           f"{layer.name}.attention_output", layer._num_heads, layer._key_dim))
-    for name in names:
-        if name.endswith("intermediate.dense"):
-            out_name = name[: -len("intermediate.dense")] + "output.dense"
-            if out_name in names:
-                ffn.append(FFNInfo(int(_BLOCK.search(name).group(1)), name, out_name))
-    if not attention and not ffn:
+    """Attention blocks, FFN pairs, classifier, pooler and embeddings, found from layer types and the graph
+    (`discovery.py`); None for a model that is no Transformer."""
+    return discovery.structure(model, named_layers(model))
+
+
+def roles(model: Any, st: Optional[TransformerStructure] = None) -> list[LayerInfo]:
+    """`layer_infos` with the roles and blocks of the structure (the core's one rule, `assign_roles`)."""
+    return assign_roles(layer_infos(model), st if st is not None else structure(model))
+
+
+def bias_of(leaf: Any) -> Optional[np.ndarray]:
+    """A Dense/EinsumDense bias as one [out] vector in neutral row order (None without a bias)."""
+    bias = getattr(leaf, "bias", None)
+    if bias is None:
         return None
-    hidden = get_weights(model, [attention[0].query])[attention[0].query].shape[1] if attention else \
-        get_weights(model, [ffn[0].ffn_in])[ffn[0].ffn_in].shape[1]
-    return TransformerStructure(
-        hidden_size=int(hidden), num_layers=max(len(attention), len(ffn)), attention=tuple(attention),
-        ffn=tuple(ffn), classifier="classifier" if "classifier" in names else None,
-        embeddings=tuple(n for n, layer in names.items() if isinstance(layer, keras.layers.Embedding)))
+    return bias.numpy().reshape(-1)  # EinsumDense [heads, d] -> row h * d + j, as the neutral kernel
+
+
+def set_bias(leaf: Any, values: np.ndarray) -> None:
+    leaf.bias.assign(np.asarray(values, np.float32).reshape(leaf.bias.shape))
 
 
 def to_tensors(model: Any, inputs: Inputs) -> Any:
@@ -238,12 +232,14 @@ def run(model: Any, inputs: Inputs) -> np.ndarray:
 
 
 def copy_model(model: Any) -> Any:
-    """A deep copy with its own variables (functional/Sequential by clone_model, subclassed by deepcopy)."""
+    """A deep copy with its own variables: functional/Sequential models rebuilt layer by layer (`graph.replay`:
+    constants and Lambda functions kept as they are), subclassed ones by deepcopy."""
     if is_graph_model(model):
-        with keras.utils.custom_object_scope(custom_objects()):
-            clone = keras.models.clone_model(model)
-        clone.set_weights(model.get_weights())
-        return clone
+        with ExitStack() as scopes:
+            for scope in (tfmot.quantization.keras.quantize_scope(), tfmot.sparsity.keras.prune_scope(),
+                          keras.utils.custom_object_scope(custom_objects())):
+                scopes.enter_context(scope)
+            return copy_graph(model)
     return _copy.deepcopy(model)
 
 
@@ -258,3 +254,9 @@ def describe(model: Any, bits: Optional[dict[str, int]] = None) -> list[LayerSta
         out.append(LayerStats(i.name, i.kind, i.shape, int(kernel.size), count_nonzero(kernel), bits.get(i.name, 32),
                               i.role.value))
     return out
+
+
+# public names for the modules that write kernels in place (masks, structured pruning)
+kernel_var = _kernel_var
+kernel_from_neutral = _kernel_from_neutral
+kernel_to_neutral = _kernel_to_neutral

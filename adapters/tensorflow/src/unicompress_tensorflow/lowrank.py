@@ -1,7 +1,8 @@
-"""LowRankSpec -> each selected Dense becomes Dense(in -> r, no bias) then Dense(r -> out) from its
-truncated SVD (tf.linalg.svd), rebuilt with keras clone_model (a `FactorizedDense` layer).
+"""LowRankSpec -> each planned Dense (`ctx.plan.selected`) becomes Dense(in -> r, no bias) then Dense(r -> out)
+from its truncated SVD (tf.linalg.svd), rebuilt by the graph replay (a `FactorizedDense` layer).
 
-TFMOT has no factorisation: this is emulated with TF ops.
+TFMOT has no factorisation: this is emulated with TF ops. MultiHeadAttention projections are left whole
+(their heads would no longer be one kernel each).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from unicompress.backend.adapter import StageContext  # noqa: E402
 from unicompress.backend.types import TaskData  # noqa: E402
 from unicompress.specs import LowRankSpec  # noqa: E402
 
-from .layers import is_graph_model, layer_infos, named_layers, unwrap  # noqa: E402
+from .graph import clone_layer, is_graph_model, replay, unwrap  # noqa: E402
+from .layers import named_layers  # noqa: E402
 from .models import FactorizedDense, custom_objects  # noqa: E402
 
 
@@ -42,14 +44,15 @@ def factors(kernel: tf.Tensor, rank: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def apply_low_rank(model: Any, spec: LowRankSpec, data: Optional[TaskData], ctx: StageContext) -> Any:
-    """Factorise the selected Dense layers where it saves parameters (or always with `force`)."""
+    """Factorise the planned Dense layers where it saves parameters (or always with `force`)."""
     if not is_graph_model(model):
         raise TypeError("low-rank rebuilds functional or Sequential tf_keras models")
     layers = named_layers(model)
+    top = {unwrap(layer).name for layer in model.layers}
     plan: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
-    for info in spec.selector.select(layer_infos(model)):
-        layer = layers[info.name]
-        if not isinstance(layer, keras.layers.Dense):
+    for name in ctx.plan.selected:
+        layer = layers[name]
+        if not isinstance(layer, keras.layers.Dense) or name not in top:
             continue
         kernel = layer.kernel
         n_in, n_out = kernel.shape
@@ -57,7 +60,7 @@ def apply_low_rank(model: Any, spec: LowRankSpec, data: Optional[TaskData], ctx:
         rank = rank_for(s, spec)
         if not spec.force and rank * (n_in + n_out) >= n_in * n_out:
             continue
-        plan[info.name] = (rank, *factors(kernel, rank))
+        plan[name] = (rank, *factors(kernel, rank))
     if not plan:
         return model
 
@@ -65,10 +68,10 @@ def apply_low_rank(model: Any, spec: LowRankSpec, data: Optional[TaskData], ctx:
         if layer.name in plan:
             return FactorizedDense(layer.units, plan[layer.name][0],
                                    activation=keras.activations.serialize(layer.activation), name=layer.name)
-        return layer.__class__.from_config(layer.get_config())
+        return clone_layer(layer)
 
     with keras.utils.custom_object_scope(custom_objects()):
-        new = keras.models.clone_model(model, clone_function=clone)
+        new = replay(model, clone)
     old = {unwrap(layer).name: unwrap(layer) for layer in model.layers}
     for layer in new.layers:
         if layer.name in plan:

@@ -141,10 +141,39 @@ class ClsAndPositions(keras.layers.Layer):
         return {**super().get_config(), "num_positions": self.num_positions, "hidden_size": self.hidden_size}
 
 
+@keras.utils.register_keras_serializable(_PKG)
+class ConstantTensor(keras.layers.Layer):
+    """A constant of the graph (e.g. a position table added with TF ops) held as a non-trainable weight.
+
+    Keras writes a constant argument of a call into the model config as nested Python lists; a config round
+    trip (`clone_model`, TFMOT's `quantize_apply`) then passes lists, not a tensor, and TFMOT's graph
+    transformer fails on them (`graph.replay(..., lift_constants=True)` puts this layer in their place).
+    It takes any tensor of the graph (to be connected) and returns the constant.
+    """
+
+    def __init__(self, shape, value_dtype: str = "float32", value: Optional[np.ndarray] = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.value_shape, self.value_dtype = [int(d) for d in shape], str(value_dtype)
+        self._initial = value
+
+    def build(self, input_shape):
+        init = keras.initializers.Constant(self._initial) if self._initial is not None else "zeros"
+        self.value = self.add_weight("value", self.value_shape, dtype=self.value_dtype, initializer=init,
+                                     trainable=False)
+        self._initial = None
+        super().build(input_shape)
+
+    def call(self, anchor):
+        return tf.identity(self.value)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "shape": self.value_shape, "value_dtype": self.value_dtype}
+
+
 def custom_objects() -> dict[str, type]:
     """The custom layers of the zoo models (for clone/from_config outside the registered scope)."""
     return {c.__name__: c for c in (PositionIds, ZeroTokenTypes, AdditiveMask, ScaledDotProductAttention,
-                                    FirstToken, Patchify, ClsAndPositions, FactorizedDense)}
+                                    FirstToken, Patchify, ClsAndPositions, FactorizedDense, ConstantTensor)}
 
 
 def _gelu(name: str) -> keras.layers.Layer:
@@ -256,12 +285,76 @@ def neutral_weights(model: keras.Model) -> dict[str, np.ndarray]:
     return out
 
 
+USER_ENCODER = {"hidden": 32, "heads": 4, "ffn": 64, "blocks": 2}
+
+
+def build_user_encoder(seed: int = 0, num_labels: Optional[int] = None) -> keras.Model:
+    """The "user-encoder": a tf_keras functional classifier as a user writes it, not in the zoo's layout.
+
+    Token embedding plus a constant sinusoid position table added in the graph (a TFOpLambda), post-LN blocks of
+    keras MultiHeadAttention (4 heads, self-attention, the padding mask as a [B, 1, L] boolean), a Dense(64, gelu)
+    -> Dropout -> Dense(32) FFN, each with a residual and LayerNormalization, then a masked mean pool, a Dense
+    pooler (tanh) and the Dense head. tiny-bert's vocabulary and inputs (input_ids, attention_mask); random
+    weights from `seed` (each output unit its own scale, so head and neuron scores do not tie). Layer names are
+    the user's (``enc0.mha``, ``enc0.ffn_up``, ``head``): discovery must find the structure from the types.
+    """
+    cfg = zoo.config_for("tiny-bert", num_labels)
+    h, heads, width, blocks = (USER_ENCODER[k] for k in ("hidden", "heads", "ffn", "blocks"))
+    rng = np.random.default_rng(seed)
+    ids = keras.Input((None,), dtype=tf.int64, name="input_ids")
+    mask = keras.Input((None,), dtype=tf.int64, name="attention_mask")
+    position = np.arange(cfg.max_position_embeddings)[:, None] / 10000 ** (np.arange(0, h, 2)[None] / h)
+    table = tf.constant(np.concatenate([np.sin(position), np.cos(position)], 1).astype(np.float32))
+    x = keras.layers.Embedding(cfg.vocab_size, h, name="embedding")(ids)
+    x = x + tf.gather(table, tf.range(tf.shape(ids)[1]))  # the constant table, sliced to the length
+    keep = tf.cast(mask, tf.bool)
+    attend = tf.expand_dims(keep, 1)  # [B, 1, L]: every query sees the unpadded keys
+    for i in range(blocks):
+        a = keras.layers.MultiHeadAttention(heads, h // heads, name=f"enc{i}.mha")(x, x, attention_mask=attend)
+        x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"enc{i}.mha_norm")(x + a)
+        f = keras.layers.Dense(width, activation="gelu", name=f"enc{i}.ffn_up")(x)
+        f = keras.layers.Dense(h, name=f"enc{i}.ffn_down")(keras.layers.Dropout(0.0, name=f"enc{i}.ffn_drop")(f))
+        x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"enc{i}.ffn_norm")(x + f)
+    pooled = keras.layers.GlobalAveragePooling1D(name="mean_pool")(x, mask=keep)
+    pooled = keras.layers.Dense(h, activation="tanh", name="pool")(pooled)
+    logits = keras.layers.Dense(cfg.num_labels, name="head")(pooled)
+    model = keras.Model({"input_ids": ids, "attention_mask": mask}, logits, name="user_encoder")
+    _random_user_weights(model, rng)
+    return model
+
+
+def _random_user_weights(model: keras.Model, rng: np.random.Generator) -> None:
+    """Kernels N(0, 1/fan_in) times a per-output-unit scale in [0.5, 1.5], biases N(0, 0.02), embeddings
+    N(0, 1), LayerNorm 1/0."""
+    for var in model.weights:
+        shape, name = tuple(var.shape), var.name
+        if "norm" in name:
+            value = np.ones(shape) if "gamma" in name else np.zeros(shape)
+        elif "embeddings" in name:
+            value = rng.normal(0.0, 1.0, shape)
+        elif "kernel" in name:
+            fan_in = shape[0] if "attention_output" not in name else shape[0] * shape[1]
+            units = shape[1:] if "attention_output" not in name else shape[2:]
+            value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape) * rng.uniform(0.5, 1.5, (1,) * (len(shape) -
+                                                                                             len(units)) + units)
+        else:
+            value = rng.normal(0.0, 0.02, shape)
+        var.assign(value.astype(np.float32))
+
+
 def build_model(zoo_name: str, seed: int = 0, num_labels: Optional[int] = None,
                 weights: Optional[dict[str, np.ndarray]] = None) -> keras.Model:
-    """Build a zoo model ("tiny-bert", "tiny-vit", "minilm-l6") with the neutral weights loaded.
+    """Build a zoo model ("tiny-bert", "tiny-vit", "minilm-l6") with the neutral weights loaded, or the
+    "user-encoder" (`build_user_encoder`: random weights from `seed`, it has no neutral weights).
 
     Example: ``build_model("tiny-bert")`` gives the same logits as every other backend's tiny-bert.
     """
+    if zoo_name == "user-encoder":
+        if weights is not None:
+            raise ValueError("build_model('user-encoder') takes no weights=: it is a user's tf_keras "
+                             "MultiHeadAttention classifier with random weights from `seed`, not a zoo architecture "
+                             "with neutral names")
+        return build_user_encoder(seed, num_labels)
     cfg = zoo.config_for(zoo_name, num_labels)
     model = build_vit(cfg) if zoo_name == "tiny-vit" else build_bert(cfg)
     load_neutral(model, weights if weights is not None else zoo.weights_for(zoo_name, cfg, seed))

@@ -30,7 +30,6 @@ from . import ensure_legacy_keras
 
 ensure_legacy_keras()
 
-import fnmatch  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any, Iterator, Optional, Sequence  # noqa: E402
@@ -51,11 +50,14 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import \
     model_transformer, transforms  # noqa: E402
 from unicompress.backend.adapter import StageContext  # noqa: E402
+from unicompress.backend.plan import StagePlan  # noqa: E402
 from unicompress.backend.types import LayerStats, QuantizedTensor, TaskData  # noqa: E402
 from unicompress.specs import QuantGranularity, QuantizationSpec, QuantMode, Scheme  # noqa: E402
 
 from . import layers as L  # noqa: E402
 from .capabilities import dynamic_range_refusals  # noqa: E402
+from .discovery import MHA_PARTS  # noqa: E402
+from .graph import in_memory_lambdas, replay, restore_lambdas  # noqa: E402
 from .models import custom_objects  # noqa: E402
 from .tflite import (TFLITE_MIN_ELEMENTS, QuantizationNotSupportedError, StaticInt8, TFLiteModel,  # noqa: E402
                      dynamic_range_converter, keep_float_outside, remember_static, tflite_int8_problems)
@@ -63,13 +65,14 @@ from .training import train  # noqa: E402
 
 tfq = tfmot.quantization.keras
 QuantizeWrapper = tfq.QuantizeWrapperV2
+_PART_ATTR = dict(MHA_PARTS)
 
 
-# ---- per-layer settings -----------------------------------------------------------------------------
+# ---- per-layer settings (the core's plan) -----------------------------------------------------------------
 
 @dataclass(frozen=True)
 class LayerQuant:
-    """The resolved settings of one layer (spec defaults, then the first matching override)."""
+    """The settings of one layer as the plan resolved them (`StagePlan.settings`, the core's override rule)."""
 
     bits: int
     per_channel: bool
@@ -77,25 +80,41 @@ class LayerQuant:
     skip: bool = False
 
 
-def layer_settings(spec: QuantizationSpec, names: Sequence[str]) -> dict[str, LayerQuant]:
-    """Settings per selected layer; overrides are matched by glob, the first match wins."""
+def plan_settings(plan: StagePlan) -> dict[str, LayerQuant]:
+    """Settings of every layer the plan quantizes (the selected layers minus `skip` overrides), in model order."""
     out = {}
-    for name in names:
-        bits, gran, scheme, skip = spec.bits, spec.granularity, spec.scheme, False
-        for o in spec.overrides:
-            if fnmatch.fnmatchcase(name, o.pattern):
-                bits = o.bits if o.bits is not None else bits
-                gran = o.granularity or gran
-                scheme = o.scheme or scheme
-                skip = o.skip
-                break
-        out[name] = LayerQuant(bits, gran is QuantGranularity.per_channel, scheme is Scheme.symmetric, skip)
+    for name in plan.selected:
+        s = plan.settings[name]
+        out[name] = LayerQuant(int(s["bits"]), QuantGranularity(s["granularity"]) is QuantGranularity.per_channel,
+                               Scheme(s["scheme"]) is Scheme.symmetric, bool(s.get("skip", False)))
     return out
 
 
 def selected_dense(model: Any, spec: QuantizationSpec) -> list[str]:
-    dense = {n for n, layer in L.named_layers(model).items() if isinstance(layer, keras.layers.Dense)}
-    return [i.name for i in spec.selector.select(L.layer_infos(model)) if i.name in dense]
+    """Names of the layers the core's planner quantizes for `spec` on `model` (Dense and EinsumDense)."""
+    from unicompress.planner import plan_stage
+
+    from .backend import TensorFlowAdapter
+
+    return list(plan_stage(TensorFlowAdapter(), model, spec).selected)
+
+
+def _targets(model: Any, settings: dict[str, LayerQuant]) -> tuple[dict[str, LayerQuant], dict[str, dict]]:
+    """({top-level Dense: settings}, {MultiHeadAttention: {part: settings}}) of the planned layers; a planned
+    layer of another kind is refused (the core plans only `weight_kinds`, all of which these two cover)."""
+    top = {L.unwrap(layer).name: L.unwrap(layer) for layer in model.layers}
+    dense, mha = {}, {}
+    for name, s in settings.items():
+        base, _, part = name.rpartition(".")
+        if isinstance(top.get(name), keras.layers.Dense):
+            dense[name] = s
+        elif isinstance(top.get(base), keras.layers.MultiHeadAttention) and part in _PART_ATTR:
+            mha.setdefault(base, {})[part] = s
+        else:
+            raise QuantizationNotSupportedError(
+                f"layer {name!r} is planned for quantization but is neither a top-level Dense nor a "
+                "MultiHeadAttention projection (e.g. a low-rank factor): exclude it with selector.exclude")
+    return dense, mha
 
 
 # ---- TFMOT quantizers and configs ----------------------------------------------------------------
@@ -173,6 +192,100 @@ class DenseQuantizeConfig(tfq.QuantizeConfig):
         return {"bits": self.bits, "per_channel": self.per_channel, "symmetric": self.symmetric,
                 "narrow_range": self.narrow_range, "activation_bits": self.activation_bits,
                 "activation_symmetric": self.activation_symmetric, "mapping": self.mapping, "base": self.base,
+                "calibrate": self.calibrate}
+
+
+@keras.utils.register_keras_serializable("unicompress")
+class FlatKernelQuantizer(tfq.quantizers.Quantizer):
+    """A weight quantizer that sees an EinsumDense kernel as the Dense kernel it is: [in, heads, d] as
+    [in, heads * d], [heads, d, out] as [heads * d, out]. TFMOT's per-axis quantizers take the last axis as
+    the channel, which for Q/K/V would be d alone (one scale shared by every head); here each of the
+    heads * d output units has its own, as a Dense (and the neutral [out, in] layout) has."""
+
+    def __init__(self, inner: Any, flat_shape: Sequence[int]):
+        self.inner = inner if not isinstance(inner, dict) else keras.utils.deserialize_keras_object(inner)
+        self.flat_shape = [int(d) for d in flat_shape]
+
+    def build(self, tensor_shape, name, layer):
+        return self.inner.build(tf.TensorShape(self.flat_shape), name, layer)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        flat = tf.reshape(inputs, self.flat_shape)
+        return tf.reshape(self.inner(flat, training, weights, **kwargs), tf.shape(inputs))
+
+    def get_config(self) -> dict:
+        return {"inner": keras.utils.serialize_keras_object(self.inner), "flat_shape": self.flat_shape}
+
+    def __getattr__(self, name: str) -> Any:  # num_bits, per_axis, symmetric, ... of the inner quantizer
+        if name in ("inner", "flat_shape"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def flat_kernel_shape(part: str, kernel_shape: Sequence[int]) -> list[int]:
+    """The [in, out] (Dense) shape of an MHA projection kernel."""
+    shape = [int(d) for d in kernel_shape]
+    if part == "attention_output":
+        return [int(np.prod(shape[:-1])), shape[-1]]
+    return [shape[0], int(np.prod(shape[1:]))]
+
+
+@keras.utils.register_keras_serializable("unicompress")
+class MultiHeadAttentionQuantizeConfig(tfq.QuantizeConfig):
+    """TFMOT QuantizeConfig for keras MultiHeadAttention (TFMOT has none): the selected Q/K/V/O EinsumDense
+    kernels fake-quantized like Dense kernels (`FlatKernelQuantizer`), each with its own settings; with
+    `input_bits` a fake-quant on the input of each selected projection, the attention context before O
+    included (a TFMOT QuantizeAwareActivation run on the projection's input): min/max-calibrated (static,
+    `calibrate`) or with EMA ranges (qat). TFMOT's output quantizers need `compute_output_shape`, which
+    MultiHeadAttention cannot answer from one input shape, so qat quantizes its inputs, not its output."""
+
+    def __init__(self, parts: dict, narrow_range: bool = True, mapping: str = "linear", base: float = 2.0,
+                 input_bits: Optional[int] = None, activation_symmetric: bool = False, calibrate: bool = True):
+        self.parts = {p: dict(v) for p, v in parts.items()}  # part -> {bits, per_channel, symmetric}
+        self.narrow_range, self.mapping, self.base = bool(narrow_range), mapping, float(base)
+        self.input_bits, self.activation_symmetric = input_bits, bool(activation_symmetric)
+        self.calibrate = bool(calibrate)
+
+    def _order(self) -> list[str]:
+        return [p for p, _ in MHA_PARTS if p in self.parts]
+
+    def get_weights_and_quantizers(self, layer):
+        out = []
+        for part in self._order():
+            sub = getattr(layer, _PART_ATTR[part])
+            s = self.parts[part]
+            inner = DenseQuantizeConfig(s["bits"], s["per_channel"], s["symmetric"], self.narrow_range,
+                                        mapping=self.mapping, base=self.base).weight_quantizer()
+            out.append((sub.kernel, FlatKernelQuantizer(inner, flat_kernel_shape(part, sub.kernel.shape))))
+        return out
+
+    def get_activations_and_quantizers(self, layer):
+        if self.input_bits is None:
+            return []
+        return [(keras.activations.linear,
+                 activation_quantizer(self.input_bits, self.activation_symmetric, self.calibrate))
+                for _ in self._order()]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        for part, weight in zip(self._order(), quantize_weights):
+            sub = getattr(layer, _PART_ATTR[part])
+            if isinstance(sub.kernel, tf.Variable):
+                L.remember_float_kernel(sub, sub.kernel)
+            sub.kernel = weight
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        for part, quant in zip(self._order(), quantize_activations):
+            sub = getattr(layer, _PART_ATTR[part])
+            plain = sub.__dict__.get("_unicompress_plain_call") or sub.call
+            sub._unicompress_plain_call = plain
+            sub.call = lambda x, _plain=plain, _quant=quant: _plain(_quant(x))  # fake-quantize the input
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self) -> dict:
+        return {"parts": self.parts, "narrow_range": self.narrow_range, "mapping": self.mapping, "base": self.base,
+                "input_bits": self.input_bits, "activation_symmetric": self.activation_symmetric,
                 "calibrate": self.calibrate}
 
 
@@ -288,25 +401,35 @@ def quantize_scope():
     """The scope quantize_apply needs to clone our configs and custom layers."""
     return tfq.quantize_scope({**custom_objects(), "DenseQuantizeConfig": DenseQuantizeConfig,
                                "OutputQuantizeConfig": OutputQuantizeConfig,
-                               "LogWeightQuantizer": LogWeightQuantizer})
+                               "LogWeightQuantizer": LogWeightQuantizer, "FlatKernelQuantizer": FlatKernelQuantizer,
+                               "MultiHeadAttentionQuantizeConfig": MultiHeadAttentionQuantizeConfig})
 
 
-def annotate_and_apply(model: keras.Model, spec: QuantizationSpec) -> keras.Model:
-    """Annotate the selected Dense layers (and, in qat, LayerNormalization) and run quantize_apply."""
-    settings = {n: s for n, s in layer_settings(spec, selected_dense(model, spec)).items() if not s.skip}
+def annotate_and_apply(model: keras.Model, spec: QuantizationSpec, plan: StagePlan) -> keras.Model:
+    """Annotate the planned Dense layers and MultiHeadAttention projections (and, in qat, LayerNormalization)
+    and run quantize_apply."""
+    settings = plan_settings(plan)
     if not settings:
-        raise QuantizationNotSupportedError("the selector and overrides leave no Dense layer to quantize")
+        raise QuantizationNotSupportedError("the plan leaves no layer to quantize")
+    dense, mha = _targets(model, settings)
     qat = spec.mode is QuantMode.qat
     static = spec.mode is QuantMode.static
     act_sym = spec.activation_scheme is Scheme.symmetric
 
-    def clone(layer):
-        s = settings.get(layer.name)
+    def annotate(layer):
+        s = dense.get(layer.name)
         if s is not None:
             # static: the activation quantizer sits on the Dense input (StaticScheme), not on its output
             cfg = DenseQuantizeConfig(s.bits, s.per_channel, s.symmetric, spec.narrow_range,
                                       spec.activation_bits if qat else None, act_sym,
                                       spec.mapping.value, spec.log_base)
+            return tfq.quantize_annotate_layer(layer, quantize_config=cfg)
+        if layer.name in mha:
+            parts = {p: {"bits": s.bits, "per_channel": s.per_channel, "symmetric": s.symmetric}
+                     for p, s in mha[layer.name].items()}
+            cfg = MultiHeadAttentionQuantizeConfig(parts, spec.narrow_range, spec.mapping.value, spec.log_base,
+                                                   spec.activation_bits if static or qat else None, act_sym,
+                                                   calibrate=static)
             return tfq.quantize_annotate_layer(layer, quantize_config=cfg)
         if qat and isinstance(layer, keras.layers.LayerNormalization):
             return tfq.quantize_annotate_layer(layer, OutputQuantizeConfig(spec.activation_bits, act_sym))
@@ -316,9 +439,10 @@ def annotate_and_apply(model: keras.Model, spec: QuantizationSpec) -> keras.Mode
     # static: min/max-calibrated QuantizeLayers on the selected Dense inputs only; weight_only: no activation
     scheme = Default8BitQuantizeScheme() if qat else \
         StaticScheme(spec.activation_bits, act_sym) if static else WeightOnlyScheme()
-    with quantize_scope():
-        annotated = keras.models.clone_model(model, clone_function=clone)
+    annotated = replay(model, annotate, lift_constants=True)  # constants survive TFMOT's config round trip
+    with in_memory_lambdas(annotated) as lambdas, quantize_scope(), keras.utils.custom_object_scope(lambdas):
         quantized = tfq.quantize_apply(annotated, scheme=scheme)
+    restore_lambdas(quantized, model)
     sync_weight_ranges(quantized)
     return quantized
 
@@ -334,13 +458,14 @@ def sync_weight_ranges(model: keras.Model) -> None:
 
 # ---- TFLite dynamic range (the flatbuffer work is in tflite.py) ----------------------------------
 
-def tflite_quantize(model: keras.Model, spec: QuantizationSpec, data: Optional[TaskData]) -> TFLiteModel:
+def tflite_quantize(model: keras.Model, spec: QuantizationSpec, data: Optional[TaskData],
+                    plan: StagePlan) -> TFLiteModel:
     """Dynamic-range conversion with the TFLite converter (int8 weights, activations quantized at run time),
     restricted to the selected Dense layers (`keep_float_outside`): the converter itself has no layer
     selection and quantizes every constant of >= 1024 elements (Dense kernels, embedding tables)."""
-    keep = [n for n, s in layer_settings(spec, selected_dense(model, spec)).items() if not s.skip]
+    keep = list(plan_settings(plan))
     if not keep:
-        raise QuantizationNotSupportedError("the selector and overrides leave no Dense layer to quantize")
+        raise QuantizationNotSupportedError("the plan leaves no layer to quantize")
     flatbuffer = keep_float_outside(dynamic_range_converter(model, spec).convert(), model, keep)
     quantized = TFLiteModel(flatbuffer, model, spec.mode.value)
     missing = sorted(set(keep) - set(quantized.quantized_weights()))
@@ -352,7 +477,8 @@ def tflite_quantize(model: keras.Model, spec: QuantizationSpec, data: Optional[T
     return quantized
 
 
-def tfmot_static(model: keras.Model, spec: QuantizationSpec, data: Optional[TaskData]) -> keras.Model:
+def tfmot_static(model: keras.Model, spec: QuantizationSpec, data: Optional[TaskData],
+                 plan: Optional[StagePlan] = None) -> keras.Model:
     """Static PTQ with TFMOT: weight fake-quant on the selected Dense layers and an AllValuesQuantizer on
     each one's input, fed the calibration batches in training mode (ranges only: no optimizer step, and
     the weight quantizers are LastValueQuantizers, whose range is the current min/max of the weights)."""
@@ -361,12 +487,18 @@ def tfmot_static(model: keras.Model, spec: QuantizationSpec, data: Optional[Task
     batches = data.calibration_batches(spec.calibration.num_batches) if data is not None else []
     if not batches:
         raise QuantizationNotSupportedError("mode 'static' needs calibration data (TaskData.calibration)")
-    quantized = annotate_and_apply(model, spec)
+    if plan is None:  # a direct call (tests): the core's plan
+        from unicompress.planner import plan_stage
+
+        from .backend import TensorFlowAdapter
+
+        plan = plan_stage(TensorFlowAdapter(), model, spec)
+    quantized = annotate_and_apply(model, spec, plan)
     with calibration_mode(quantized):
         for x in batches:
             quantized(L.to_tensors(quantized, x), training=True)
     if not tflite_int8_problems(spec):  # the native export can then be TFLite's own int8 model (export.py)
-        keep = tuple(n for n, s in layer_settings(spec, selected_dense(model, spec)).items() if not s.skip)
+        keep = tuple(plan_settings(plan))
         remember_static(quantized, StaticInt8(model, tuple(batches), keep,
                                               spec.granularity is QuantGranularity.per_channel))
     return quantized
@@ -405,10 +537,10 @@ def apply_quantization(model: Any, spec: QuantizationSpec, data: Optional[TaskDa
                                             "tf_keras model")
     if spec.mode is QuantMode.dynamic:
         _check_tflite(spec)
-        return tflite_quantize(model, spec, data)
+        return tflite_quantize(model, spec, data, ctx.plan)
     if spec.mode is QuantMode.static:
-        return tfmot_static(model, spec, data)
-    quantized = annotate_and_apply(model, spec)
+        return tfmot_static(model, spec, data, ctx.plan)
+    quantized = annotate_and_apply(model, spec, ctx.plan)
     if spec.mode is QuantMode.qat:
         train(quantized, data, spec.training, ctx, description="qat")
         sync_weight_ranges(quantized)
@@ -419,8 +551,11 @@ def apply_quantization(model: Any, spec: QuantizationSpec, data: Optional[TaskDa
 
 def _qat_tensor(weight: tf.Variable, quantizer: Any, qvars: dict) -> QuantizedTensor:
     """Integers of a fake-quantized kernel from TFMOT's min/max variables (TF's nudged grid)."""
+    w = weight.numpy()
+    if isinstance(quantizer, FlatKernelQuantizer):  # an MHA kernel, read as the Dense kernel it quantizes
+        w, quantizer = w.reshape(quantizer.flat_shape), quantizer.inner
     if isinstance(quantizer, LogWeightQuantizer):
-        q, sign, scale = (t.numpy() for t in quantizer.codes(weight))
+        q, sign, scale = (t.numpy() for t in quantizer.codes(tf.constant(w)))
         per = quantizer.per_axis
         return QuantizedTensor(q=q.T.astype(np.int64), scale=scale.reshape(-1) if per else np.float64(scale.max()),
                                zero_point=np.zeros(scale.size if per else (), np.int64), bits=quantizer.num_bits,
@@ -428,7 +563,6 @@ def _qat_tensor(weight: tf.Variable, quantizer: Any, qvars: dict) -> QuantizedTe
                                base=quantizer.base)
     bits, narrow, per_axis = quantizer.num_bits, quantizer.narrow_range, quantizer.per_axis
     lo, hi = qvars["min_var"].numpy().astype(np.float64), qvars["max_var"].numpy().astype(np.float64)
-    w = weight.numpy()
     if per_axis:
         fq = tf.quantization.fake_quant_with_min_max_vars_per_channel(w, lo.astype(np.float32), hi.astype(np.float32),
                                                                       num_bits=bits, narrow_range=narrow).numpy()
@@ -457,9 +591,14 @@ def quantized_weights(model: Any) -> dict[str, QuantizedTensor]:
     if not L.is_graph_model(model):
         return out
     for wrapper in model.layers:
-        if isinstance(wrapper, QuantizeWrapper) and isinstance(wrapper.layer, keras.layers.Dense):
+        if not isinstance(wrapper, QuantizeWrapper):
+            continue
+        if isinstance(wrapper.layer, keras.layers.Dense):
             for weight, quantizer, qvars in wrapper._weight_vars:
                 out[wrapper.layer.name] = _qat_tensor(weight, quantizer, qvars)
+        elif isinstance(wrapper.quantize_config, MultiHeadAttentionQuantizeConfig):
+            for part, (weight, quantizer, qvars) in zip(wrapper.quantize_config._order(), wrapper._weight_vars):
+                out[f"{wrapper.layer.name}.{part}"] = _qat_tensor(weight, quantizer, qvars)
     return out
 
 

@@ -29,6 +29,7 @@ from unicompress.errors import UnicompressError  # noqa: E402
 from unicompress.specs import QuantGranularity, QuantizationSpec, Scheme  # noqa: E402
 
 from . import layers as L  # noqa: E402
+from .graph import constants as graph_constants  # noqa: E402
 
 
 class QuantizationNotSupportedError(UnicompressError, ValueError):
@@ -72,7 +73,7 @@ class TFLiteModel:
             d = details[op["inputs"][1]]
             if d["dtype"] not in (np.int8, np.uint8):
                 continue
-            layer = next((part for part in d["name"].split("/") if part in names), None)
+            layer = _owning_layer(d["name"].encode(), names)
             if layer is None or layer in out:
                 continue
             qp = d["quantization_parameters"]
@@ -153,8 +154,10 @@ def keep_float_outside(flatbuffer: bytes, model: keras.Model, selected: Sequence
     fb = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
     named = L.named_layers(model)
     selected = set(selected)
-    kernels = {n: named[n].kernel.numpy() for n in selected}
-    everything = [w.numpy() for w in model.weights if w.dtype == tf.float32]
+    kernels = L.get_weights(model, sorted(selected))  # neutral [out, in]: TFLite's FULLY_CONNECTED layout
+    # MultiHeadAttention's 3-D kernels reach TFLite as 2-D FULLY_CONNECTED weights: their neutral views too
+    everything = [w.numpy() for w in model.weights if w.dtype == tf.float32] + list(L.get_weights(model).values())
+    everything += [c for c in graph_constants(model) if c.dtype == np.float32]  # a position table added with TF ops
     buffer_users: dict[int, int] = {}
     for g in fb.subgraphs:
         for t in g.tensors:
@@ -191,10 +194,13 @@ def keep_float_outside(flatbuffer: bytes, model: keras.Model, selected: Sequence
     return bytes(flatbuffer_utils.convert_object_to_bytearray(fb))
 
 
-def _owning_layer(tensor_name: bytes, named: dict[str, Any]) -> Optional[str]:
-    """The layer a TFLite tensor name belongs to ("model/<layer>/..."; fused names are joined by ';')."""
-    name = tensor_name.decode(errors="replace")
-    for part in name.replace(";", "/").split("/"):
+def _owning_layer(tensor_name: bytes, named: Any) -> Optional[str]:
+    """The layer a TFLite tensor name belongs to ("model/<layer>/..."; fused names are joined by ';'; a
+    MultiHeadAttention projection is "model/<mha>/query/einsum/...", neutral name "<mha>.query")."""
+    parts = tensor_name.decode(errors="replace").replace(";", "/").split("/")
+    for i, part in enumerate(parts):
+        if i + 1 < len(parts) and f"{part}.{parts[i + 1]}" in named:
+            return f"{part}.{parts[i + 1]}"
         if part in named:
             return part
     return None

@@ -24,7 +24,7 @@ from unicompress.backend.types import TaskData  # noqa: E402
 from unicompress.specs import FineTuneSpec, TrainingSpec  # noqa: E402
 
 from .distributed import data_parallel_for  # noqa: E402
-from .layers import named_layers, to_tensors  # noqa: E402
+from .layers import kernel_var, named_layers, to_tensors  # noqa: E402
 
 #: loss_fn(model, inputs, labels) -> scalar tensor; the default is the task cross-entropy.
 LossFn = Callable[[Any, Any, tf.Tensor], tf.Tensor]
@@ -157,7 +157,7 @@ def zero_masks(model: Any) -> list[tuple[tf.Variable, tf.Tensor]]:
     for layer in named_layers(model).values():
         if isinstance(layer, keras.layers.Embedding):
             continue
-        kernel = layer.kernel
+        kernel = kernel_var(layer)  # the float variable, also under a quantization wrapper
         mask = tf.cast(tf.not_equal(kernel, 0.0), kernel.dtype)
         if float(tf.reduce_min(mask)) == 0.0:
             out.append((kernel, mask))

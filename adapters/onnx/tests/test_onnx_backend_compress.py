@@ -65,7 +65,8 @@ def test_cli_runs_a_recipe_on_an_onnx_file(tmp_path, capsys):
               "export": {"formats": ["onnx"], "directory": str(tmp_path / "out")}}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    assert main(["run", str(path), "--no-progress", "--json"]) == 0
+    assert main(["run", str(path), "--no-progress", "--json", "--allow-factory", "unicompress_onnx.runtime",
+                 "--allow-factory", "unicompress.conformance.cases"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["backend"] == "onnx"
     exported = onnx.load(str(tmp_path / "out" / "cli-int8.onnx"))

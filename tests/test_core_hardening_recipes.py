@@ -215,3 +215,11 @@ def test_a_dumped_recipe_stays_within_every_bound():
     recipe = load_recipe({"name": "n", "stages": [{"technique": "quantization", "mode": "static",
                                                    "overrides": [{"pattern": f"*l{i}*", "bits": 4} for i in range(40)]}]})
     assert load_recipe(dump_text(recipe, "yaml")) == recipe
+
+
+@pytest.mark.parametrize("char", ["\x85", "\u2028", "\u2029", "\ufeff", "\x07", "\x1b", "\x9f", "\U0010FFFF"])
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_text_yaml_reads_as_line_breaks_or_marks_round_trips(char, fmt):
+    recipe = load_recipe({"description": f"0{char}0", "stages": [{"technique": "low_rank", "rank": 2}]})
+    assert load_recipe(dump_text(recipe, fmt)).description == f"0{char}0"  # '0\x850' came back as '0 0'
+

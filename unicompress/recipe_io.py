@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any, Union
 
@@ -365,6 +366,22 @@ def _read(source: PathLike) -> tuple[str, str]:
     return str(source), "<string>"
 
 
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML whose strings load back exactly: text YAML would read differently is double-quoted (escaped)."""
+
+
+#: characters YAML reads as line breaks or byte-order marks, and control characters (all escaped when quoted)
+_NEEDS_QUOTES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if _NEEDS_QUOTES.search(value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def to_data(spec: BaseModel) -> dict:
     """Plain JSON-compatible data of a spec (enums as strings); loads back to an equal spec."""
     return spec.model_dump(mode="json")
@@ -377,7 +394,7 @@ def dump_text(spec: BaseModel, fmt: str = "yaml") -> str:
         # the characters themselves, not \\u escapes (a surrogate pair escape is one character in JSON only)
         return json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
     if fmt == "yaml":
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
     raise ValueError(f"format must be 'yaml' or 'json', got {fmt!r}")
 
 

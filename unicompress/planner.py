@@ -4,6 +4,7 @@ From a spec, the model's layers (names, kinds, shapes) and its structure, `plan_
   - the layers a selector chooses (roles from `unicompress.structure.assign_roles`),
   - for head pruning the attention blocks, for neuron pruning the FFN pairs and lone Linears,
   - per-layer quantization settings under the one override rule (`layer_settings`),
+  - for low rank each selected layer's rank and whether factorising it saves parameters (`ranks`),
 and refuses, before any work and the same way on every backend, what cannot be honoured on this model:
 a structural spec on a model without a known structure, removal of blocks the backend cannot shrink,
 N:M groups that do not tile a layer, blocks larger than a layer, head sparsity that leaves no head, and
@@ -18,9 +19,12 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from .backend.plan import StagePlan
 from .backend.types import LayerInfo, TransformerStructure
-from .errors import LayerSelectionError, Problem, SpecValidationError, StructureError
+from .errors import LayerSelectionError, NonFiniteWeightsError, Problem, SpecValidationError, StructureError
+from .reference.lowrank import no_saving_reason, rank_for, saves_parameters
 from .specs import (DistillationSpec, FineTuneSpec, Granularity, LowRankSpec, PruningSpec, QuantizationSpec,
                     StructureDeclaration)
 from .specs.selector import LayerRole
@@ -89,8 +93,7 @@ def plan_stage(adapter: Any, model: Any, spec: Any, index: int = 0,
                          settings={n: settings[n] for n in selected})
     if isinstance(spec, LowRankSpec):
         _refuse_partial(where, selector, partial, adapter)
-        return StagePlan(index, spec.technique, tuple(layer.name for layer in usable), layers, st,
-                         skipped=tuple(partial))
+        return _plan_low_rank(adapter, model, spec, index, layers, usable, partial, st)
     return StagePlan(index, spec.technique, tuple(layer.name for layer in chosen), layers, st)
 
 
@@ -200,6 +203,62 @@ def _shape_problems(where: str, spec: PruningSpec, usable: Sequence[LayerInfo]) 
             out.append(Problem(f"{where}.block_shape", list(spec.block_shape), f"layer {layer.name} is "
                                f"{rows}x{cols}: a block must fit inside it; choose a smaller block or exclude it"))
     return out[:8]
+
+
+# ---- low rank ---------------------------------------------------------------------------------------------
+def _plan_low_rank(adapter: Any, model: Any, spec: LowRankSpec, index: int, layers: Sequence[LayerInfo],
+                   usable: list[LayerInfo], partial: list[tuple[str, str]],
+                   st: Optional[TransformerStructure]) -> StagePlan:
+    """Per usable layer its rank (`reference.lowrank.rank_for` on the neutral [out, in] weight) and whether it is
+    factorised (it saves parameters, or `force`). Factors of an earlier low-rank stage are left as they are.
+    NaN/inf weights are refused here, before any SVD (LAPACK on inf can end the process, issue 13)."""
+    factors = low_rank_factors(layers)
+    earlier = [(layer.name, f"a factor of {factors[layer.name]} from an earlier low-rank stage: left as it is")
+               for layer in usable if layer.name in factors]
+    todo = [layer for layer in usable if layer.name not in factors]
+    weights = adapter.weights(model, [layer.name for layer in todo]) if todo else {}
+    _refuse_non_finite(f"stages[{index}]", weights)
+    ranks: dict[str, int] = {}
+    unsaved: list[tuple[str, str]] = []
+    for layer in todo:
+        w = np.asarray(weights[layer.name])
+        r = rank_for(w, spec.rank, spec.energy)
+        if spec.force or saves_parameters(w.shape, r):
+            ranks[layer.name] = r
+        else:
+            unsaved.append((layer.name, no_saving_reason(w.shape, r)))
+    notes = () if ranks else (f"no selected layer is factorised: {len(unsaved)} would not save parameters and "
+                              f"{len(earlier)} are factors already (see skipped)",)
+    return StagePlan(index, spec.technique, tuple(ranks), tuple(layers), st,
+                     skipped=tuple(partial) + tuple(earlier) + tuple(unsaved), notes=notes, ranks=ranks)
+
+
+def low_rank_factors(layers: Sequence[LayerInfo]) -> dict[str, str]:
+    """Factor name -> the layer it replaced, for the pairs an earlier low-rank stage left: ``X.0`` [r, in] and
+    ``X.1`` [out, r] (or ``X.first`` / ``X.second``) where no layer ``X`` is left and the two shapes compose."""
+    by_name = {layer.name: layer for layer in layers}
+    out: dict[str, str] = {}
+    for first, second in ((".0", ".1"), (".first", ".second")):
+        for name, layer in by_name.items():
+            base = name[: -len(first)] if name.endswith(first) else None
+            partner = by_name.get(f"{base}{second}") if base is not None else None
+            if partner is None or base in by_name or len(layer.shape) != 2 or len(partner.shape) != 2:
+                continue
+            if layer.shape[0] == partner.shape[1]:  # [r, in] then [out, r]
+                out[name] = out[partner.name] = base
+    return out
+
+
+def _refuse_non_finite(where: str, weights: dict[str, Any]) -> None:
+    bad = []
+    for name, w in weights.items():
+        w = np.asarray(w)
+        if w.dtype.kind in "fc" and not np.isfinite(w).all():
+            bad.append(f"{name} ({int(np.isnan(w).sum())} NaN, {int(np.isinf(w).sum())} inf of {w.size})")
+    if bad:
+        raise NonFiniteWeightsError(f"{where}: {len(bad)} selected layer(s) hold NaN or inf weights, which low-rank "
+                                    f"factorisation (an SVD) cannot take: {', '.join(bad[:8])}"
+                                    f"{' ...' if len(bad) > 8 else ''}. Nothing was run; load finite weights.")
 
 
 # ---- refusals -------------------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ class StagePlan:
     leaves alone because the spec allowed partial coverage (`selector.allow_partial`) or its unit is not
     theirs (an FFN layer under head pruning). For quantization `settings` holds each selected layer's
     ``bits`` / ``granularity`` / ``scheme`` under the one override rule (`unicompress.planner.layer_settings`):
-    adapters quantize each layer with these, never re-reading the overrides.
+    adapters quantize each layer with these, never re-reading the overrides. For low rank `ranks` holds each
+    selected layer's rank (`unicompress.reference.lowrank.rank_for`): only layers that are factorised are
+    selected (those where it saves parameters, or all with `force`); the others are in `skipped` with why.
     """
 
     index: int
@@ -38,6 +40,7 @@ class StagePlan:
     skipped: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = field(default=())
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    ranks: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def roles(self) -> Mapping[str, LayerRole]:

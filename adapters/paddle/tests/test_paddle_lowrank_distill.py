@@ -96,3 +96,37 @@ def test_finetune_keeps_pruned_weights_zero():
     after = A.weights(f)
     assert all((after[n][z] == 0).all() for n, z in zeros.items())
     assert not np.array_equal(after["classifier"], A.weights(m)["classifier"])
+
+
+POISONED_LOW_RANK = f"""
+import numpy as np
+from unicompress.api import compress
+from unicompress.specs import LowRankSpec
+from unicompress_paddle.backend import PaddleAdapter
+
+A = PaddleAdapter()
+model = A.build_model("tiny-bert")
+w = A.weights(model, ["{FFN}"])["{FFN}"]
+w[3, 5] = np.inf
+A.set_weights(model, {{"{FFN}": w}})
+try:
+    compress(model, LowRankSpec(energy=0.9), backend="paddle", progress=False)
+except Exception as exc:
+    print("COMPRESS", type(exc).__name__, exc, flush=True)
+A.apply(model, LowRankSpec(rank=4, force=True))  # a direct call plans too: must raise, not reach LAPACK
+print("FACTORISED", flush=True)
+"""
+
+
+def test_inf_weights_are_refused_before_lapack_and_the_process_fails():
+    """Issue 13 item 2: paddle.linalg.svd on inf ended the process with exit code 0 (`DLASCL parameter 4`)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", POISONED_LOW_RANK], capture_output=True, text=True, timeout=240)
+    both = out.stdout + out.stderr
+    assert out.returncode == 1, both[-2000:]
+    assert "FACTORISED" not in out.stdout and "DLASCL" not in both
+    assert "COMPRESS NonFiniteWeightsError stages[0]: 1 selected layer(s) hold NaN or inf weights" in out.stdout
+    assert f"{FFN} (0 NaN, 1 inf of 2048)" in out.stdout
+    assert "unicompress.errors.NonFiniteWeightsError: stages[0]" in out.stderr and FFN in out.stderr.splitlines()[-1]

@@ -100,3 +100,25 @@ def test_structured_pruning_after_low_rank_is_refused_clearly():
         A.apply(out, PruningSpec(granularity="head", sparsity=0.5), None, StageContext())
     pruned = A.apply(out, PruningSpec(sparsity=0.5), None, StageContext())  # unstructured works on factors
     assert (A.weights(pruned)[f"{FFN_IN}.0"] == 0).mean() == 0.5
+
+
+
+def test_nn_transformer_layers_are_refused_not_skipped_silently():
+    """nn.MultiheadAttention holds Q/K/V as one bare parameter and reads out_proj.weight, and
+    nn.TransformerEncoderLayer reads linear1/linear2.weight in its forward: two Linears cannot stand in for any of
+    them. The planned layers are refused before the model changes (Q/K/V and O used to be skipped silently, and a
+    factorised linear1 broke the forward)."""
+    from unicompress.errors import LayerSelectionError
+    from unicompress_torch_testutil import encoder_model
+
+    model = encoder_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for roles in (None, ["ffn_in", "ffn_out"]):
+        spec = LowRankSpec(rank=4, **({"selector": {"roles": roles}} if roles else {}))
+        with pytest.raises(LayerSelectionError, match=r"(?s)encoder\.layers\.0\.linear1.*selector\.exclude") as err:
+            A.apply(model, spec, None, StageContext())
+        assert ("self_attn.in_proj" in str(err.value)) == (roles is None)
+        assert ("self_attn.out_proj" in str(err.value)) == (roles is None)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    out, ctx = _apply(model, rank=2, selector={"include": ["classifier"], "roles": ["classifier"]})  # 2 * 19 < 48
+    assert list(ctx.history) == ["rank/classifier"] and out(torch.randn(2, 5, 16)).shape == (2, 3)

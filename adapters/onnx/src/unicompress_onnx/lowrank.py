@@ -1,7 +1,7 @@
 """Low-rank factorisation: a planned MatMul/Gemm becomes ``MatMul(x, A)`` then the original node on ``B``, from the
 truncated SVD of W (numpy float64, sqrt(s) on each factor): layers ``<name>.0`` [r, in] and ``<name>.1`` [out, r],
-both marked `layers.LOW_RANK_MARK` so they keep the replaced layer's role. The rank follows the reference's rule;
-layers where r * (in + out) >= in * out stay whole unless `force`.
+both marked `layers.LOW_RANK_MARK` so they keep the replaced layer's role. The core plans which layers and at which
+rank (`ctx.plan.selected`, `ctx.plan.ranks`; factors of an earlier stage are never planned).
 """
 from __future__ import annotations
 
@@ -12,26 +12,20 @@ import onnx
 
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import TaskData
-from unicompress.reference.lowrank import rank_for_energy, saves_parameters
 from unicompress.specs import LowRankSpec
 
 from . import layers as L
 
 
 def apply_low_rank(model: Any, spec: LowRankSpec, data: Optional[TaskData], ctx: StageContext) -> Any:
-    """LowRankSpec handler: factorise every planned layer (factors of an earlier stage are left alone)."""
+    """LowRankSpec handler: factorise every planned layer at its planned rank (logged as ``rank/<name>``)."""
     layers = {la.name: la for la in L.canonicalize(model)}
     for name in ctx.plan.selected:
         layer = layers[name]
         if layer.scale is not None:
             raise ValueError(f"{name} is quantized: factorise the float model, then quantize")
-        if layer.node.doc_string == L.LOW_RANK_MARK:
-            continue
-        w = L.weight(model, layer).astype(np.float64)
-        u, s, vt = np.linalg.svd(w, full_matrices=False)
-        rank = min(spec.rank, min(w.shape)) if spec.rank is not None else rank_for_energy(s, spec.energy)
-        if not (spec.force or saves_parameters(w.shape, rank)):
-            continue
+        rank = ctx.plan.ranks[name]
+        u, s, vt = np.linalg.svd(L.weight(model, layer).astype(np.float64), full_matrices=False)
         root = np.sqrt(s[:rank])
         _split(model, layer, root[:, None] * vt[:rank], u[:, :rank] * root[None, :])
         ctx.log(f"rank/{name}", 0, rank)

@@ -1,10 +1,9 @@
-"""LowRankSpec on Paddle: truncated SVD (paddle.linalg.svd) of each selected Linear, replaced by
-Linear(in, r) -> Linear(r, out) with the singular values split evenly between the two factors."""
+"""LowRankSpec on Paddle: each planned Linear (`ctx.plan.selected`, at `ctx.plan.ranks[name]`) is replaced by
+Linear(in, r) -> Linear(r, out) from its truncated SVD (paddle.linalg.svd), the singular values split evenly
+between the two factors. The core decides the layers and ranks (and refuses NaN/inf weights before any SVD)."""
 from __future__ import annotations
 
 from typing import Any
-
-import numpy as np
 
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import TaskData
@@ -27,33 +26,31 @@ class LowRankLinear(paddle.nn.Layer):
         return self.second(self.first(x))
 
 
-def choose_rank(s: np.ndarray, spec: LowRankSpec) -> int:
-    if spec.rank is not None:
-        return int(min(spec.rank, s.size))
-    s2 = s.astype(np.float64) ** 2
-    cum = np.cumsum(s2) / s2.sum()
-    return int(min(np.searchsorted(cum, spec.energy - 1e-12) + 1, s.size))
+def factorize_linear(layer: Any, rank: int) -> LowRankLinear:
+    """The two-Linear replacement of one paddle Linear (weight [in, out] = W^T) at `rank`."""
+    w = layer.weight
+    n_in, n_out = w.shape
+    u, s, vt = paddle.linalg.svd(w.astype("float64"), full_matrices=False)  # W^T = U S V^T
+    root = paddle.sqrt(s[:rank])
+    new = LowRankLinear(n_in, rank, n_out)
+    # x W^T = x U S V^T = (x U sqrt(S)) (sqrt(S) V^T)
+    new.first.weight.set_value((u[:, :rank] * root).astype(w.dtype))
+    new.second.weight.set_value((root.unsqueeze(1) * vt[:rank]).astype(w.dtype))
+    if layer.bias is not None:
+        new.second.bias.set_value(layer.bias)
+    else:
+        new.second.bias.set_value(paddle.zeros([n_out], dtype=w.dtype))
+    return new
 
 
 def factorize(model: Any, spec: LowRankSpec, data: TaskData, ctx: StageContext) -> Any:
-    """LowRankSpec handler: returns the model with the planned Linear layers factorised (and logs the ranks)."""
+    """LowRankSpec handler: returns the model with the planned Linear layers factorised (ranks logged as
+    ``rank/<name>``)."""
     layers = compressible(model)
+    sublayers = dict(model.named_sublayers())
     for name in ctx.plan.selected:
-        layer = layers[name]
-        w = layer.weight  # Paddle [in, out] = W^T
-        n_in, n_out = w.shape
-        u, s, vt = paddle.linalg.svd(w.astype("float64"), full_matrices=False)  # W^T = U S V^T
-        r = choose_rank(s.numpy(), spec)
-        if r * (n_in + n_out) >= n_in * n_out and not spec.force:
-            continue
-        root = paddle.sqrt(s[:r])
-        new = LowRankLinear(n_in, r, n_out)
-        # x W^T = x U S V^T = (x U sqrt(S)) (sqrt(S) V^T)
-        new.first.weight.set_value((u[:, :r] * root).astype("float32"))
-        new.second.weight.set_value((root.unsqueeze(1) * vt[:r]).astype("float32"))
-        new.second.bias.set_value(layer.bias)
+        rank = ctx.plan.ranks[name]
         parent_name, _, child = name.rpartition(".")
-        parent = model if not parent_name else dict(model.named_sublayers())[parent_name]
-        setattr(parent, child, new)
-        ctx.log("rank", len(ctx.history.get("rank", [])), r)
+        setattr(model if not parent_name else sublayers[parent_name], child, factorize_linear(layers[name], rank))
+        ctx.log(f"rank/{name}", 0, rank)
     return model

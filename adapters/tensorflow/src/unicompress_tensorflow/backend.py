@@ -38,6 +38,18 @@ class TensorFlowAdapter(Adapter):
         return importlib.import_module(f"unicompress_tensorflow.{name}")
 
     # ---- data ----------------------------------------------------------------------------------
+    #: Dense ("linear"), MultiHeadAttention's EinsumDense projections and Dense layers inside a nested model are
+    #: pruned and quantized alike (`layers.kind_of`)
+    weight_kinds = frozenset({"linear", "einsum_dense", "nested_dense"})
+
+    def weight_kinds_for(self, spec: Any) -> frozenset[str]:
+        """Low rank replaces a Dense by two through the graph replay, which reaches only top-level Dense layers
+        ("linear"): an EinsumDense projection (its heads would stop being one kernel each) or a Dense nested in
+        another model is refused by the planner before work, or listed as left whole with `allow_partial`."""
+        from unicompress.specs import LowRankSpec
+
+        return frozenset({"linear"}) if isinstance(spec, LowRankSpec) else self.weight_kinds
+
     def capabilities(self) -> Capabilities:
         return tensorflow_capabilities()
 

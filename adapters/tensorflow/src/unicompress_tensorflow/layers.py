@@ -160,13 +160,39 @@ def _kernel_var(layer: Any) -> tf.Variable:
 def layer_infos(model: Any) -> list[LayerInfo]:
     """Every compressible layer with role, neutral [out, in] shape and block index."""
     out = []
+    top = _top_level(model)
     for name, layer in _entries(model):
         if not layer.built:
             continue
         shape = _neutral_shape(layer, _kernel_var(layer).shape)
         m = _BLOCK.search(name)
-        kind = "embedding" if isinstance(layer, keras.layers.Embedding) else "linear"
-        out.append(LayerInfo(name, kind, role_of(name, layer), shape, int(m.group(1)) if m else None))
+        out.append(LayerInfo(name, kind_of(layer, top), role_of(name, layer), shape, int(m.group(1)) if m else None))
+    return out
+
+
+def kind_of(layer: Any, top: Optional[set[int]]) -> str:
+    """The layer kind: "embedding"; "einsum_dense" for MultiHeadAttention's projections; "nested_dense" for a
+    Dense inside another model of a functional/Sequential one (the graph replay cannot replace it: no low rank);
+    else "linear" (a top-level Dense or low-rank factor, or any Dense of a subclassed model)."""
+    if isinstance(layer, keras.layers.Embedding):
+        return "embedding"
+    if isinstance(layer, keras.layers.EinsumDense):
+        return "einsum_dense"
+    if top is not None and id(layer) not in top:
+        return "nested_dense"
+    return "linear"
+
+
+def _top_level(model: Any) -> Optional[set[int]]:
+    """ids of the leaves the graph replay can replace: top-level layers and their `FactorizedDense` factors."""
+    if not is_graph_model(model):
+        return None
+    out = set()
+    for outer in model.layers:
+        inner = unwrap(outer)
+        out.add(id(inner))
+        if isinstance(inner, FactorizedDense):
+            out.update((id(inner.first), id(inner.second)))
     return out
 
 

@@ -1,8 +1,10 @@
 """Low-rank factorisation: a Linear becomes Linear(in, r) then Linear(r, out) from its truncated SVD.
 
-The replacement is a `layers.LowRankLinear` (an nn.Sequential) under the original module name, so
+The core plans it (`ctx.plan.selected`, `ctx.plan.ranks`: which layers, at which rank, only those where it
+saves parameters unless `force`); this module only carries it out. The replacement is a
+`layers.LowRankLinear` (an nn.Sequential) under the original module name, so
 ``bert.encoder.layer.0.intermediate.dense`` becomes ``...dense.0`` ([r, in], no bias) and ``...dense.1``
-([out, r], the original bias). Singular values are split evenly (sqrt(s) on each factor).
+([out, r], the original bias). Singular values are split evenly (sqrt(s) on each factor), as the reference does.
 """
 from __future__ import annotations
 
@@ -13,17 +15,12 @@ from torch import nn
 
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import TaskData
+from unicompress.errors import LayerSelectionError
 from unicompress.specs import LowRankSpec
 
 from . import layers as L
+from .discovery import is_conv1d
 from .planning import stage_plan
-
-
-def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
-    """Smallest r whose top-r singular values hold at least `energy` of sum(s^2)."""
-    s2 = singular_values.double() ** 2
-    cum = torch.cumsum(s2, 0) / s2.sum()
-    return int(min(int(torch.searchsorted(cum, torch.tensor(energy - 1e-12, dtype=torch.float64))) + 1, len(s2)))
 
 
 def factorize_linear(layer: nn.Linear, rank: int) -> L.LowRankLinear:
@@ -41,30 +38,36 @@ def factorize_linear(layer: nn.Linear, rank: int) -> L.LowRankLinear:
     return L.LowRankLinear(first, second).to(layer.weight.device)
 
 
-def apply_low_rank(model: nn.Module, spec: LowRankSpec, data: Optional[TaskData], ctx: StageContext) -> nn.Module:
-    """LowRankSpec handler: factorise every selected Linear (already-factorised parts are left alone).
+#: modules whose forward reads their child Linears' ``.weight`` directly (the fused fast path), or hold the
+#: projection as a bare parameter: a child swapped for two Linears breaks them
+_READS_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
-    Layers where r * (in + out) >= in * out are skipped unless `spec.force`; the chosen rank of each
-    layer is logged as ``ctx.log("rank/<name>", 0, r)``.
-    """
-    low_rank = {n for n, m in model.named_modules() if isinstance(m, L.LowRankLinear)}
-    planned = list(stage_plan(model, spec, ctx).selected)
-    if not planned:
-        raise ValueError(f"low_rank selector {spec.selector.model_dump()} chose no nn.Linear layer")
-    # factors of an earlier low-rank stage are left alone (a second pass is a no-op for them)
-    planned = [n for n in planned if n.rsplit(".", 1)[0] not in low_rank]
-    L.conv1d_to_linear(model, planned)  # a transformers Conv1D is factorised as the Linear it equals
-    records = L.by_name(model)
-    chosen = [records[n] for n in planned if n in records and type(records[n].module) is nn.Linear]
-    for rec in chosen:
-        w = rec.module.weight.detach()
-        out_f, in_f = w.shape
-        if spec.rank is not None:
-            rank = min(spec.rank, min(out_f, in_f))
-        else:
-            rank = rank_for_energy(torch.linalg.svdvals(w.double()), spec.energy)
-        if rank * (in_f + out_f) >= in_f * out_f and not spec.force:
-            continue
-        L.replace_module(model, rec.name, factorize_linear(rec.module, rank))
-        ctx.log(f"rank/{rec.name}", 0, rank)
+
+def unreplaceable(model: nn.Module, names) -> list[str]:
+    """The named layers that two Linears cannot stand in for (the packed ``in_proj``, children of `_READS_WEIGHTS`)."""
+    modules = dict(model.named_modules())
+    out = []
+    for name in names:
+        module = modules.get(name)
+        parent = modules.get(name.rpartition(".")[0]) if "." in name else model
+        if not (type(module) is nn.Linear or (module is not None and is_conv1d(module))) or \
+                isinstance(parent, _READS_WEIGHTS):
+            out.append(name)
+    return out
+
+
+def apply_low_rank(model: nn.Module, spec: LowRankSpec, data: Optional[TaskData], ctx: StageContext) -> nn.Module:
+    """LowRankSpec handler: factorise every planned layer at its planned rank, logged as ``rank/<name>``."""
+    plan = stage_plan(model, spec, ctx)
+    blocked = unreplaceable(model, plan.selected)
+    if blocked:
+        raise LayerSelectionError(
+            f"stages[{plan.index}]: torch cannot factorise {len(blocked)} planned layer(s) whose owner reads the "
+            f"weight tensor itself (nn.MultiheadAttention, nn.Transformer*Layer) or that are no plain nn.Linear / "
+            f"Conv1D: {', '.join(blocked[:8])}{' ...' if len(blocked) > 8 else ''}; exclude them with "
+            "selector.exclude (or select other roles)")
+    L.conv1d_to_linear(model, list(plan.selected))  # a transformers Conv1D is factorised as the Linear it equals
+    for name in plan.selected:
+        L.replace_module(model, name, factorize_linear(model.get_submodule(name), plan.ranks[name]))
+        ctx.log(f"rank/{name}", 0, plan.ranks[name])
     return model

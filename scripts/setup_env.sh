@@ -14,4 +14,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
   -e ".[dev,data,plot]" \
   -e adapters/torch -e adapters/tensorflow -e adapters/paddle \
   -e adapters/onnx
+# Parquet files and Hugging Face datasets as data sources (unicompress.data); tests skip them when absent
+.venv/bin/python -m pip install -q -c constraints.txt pyarrow==26.0.1 datasets==5.2.0
 .venv/bin/python -c "import unicompress, sys; print('unicompress', unicompress.__version__, 'in', sys.prefix)"

@@ -331,10 +331,18 @@ def _validate_one(path: str, args: argparse.Namespace) -> int:
         print(f"{path}: INVALID\n{exc}")
         return 2
     name = args.backend or recipe.backend
+    full = name != "auto" and bool(args.backend or args.plan)  # every check `run` makes before work
+    if not full:  # a data file, its columns and tokenizer are checked always: cheap, no framework
+        from .data.recipe_data import data_problems
+
+        problems = data_problems(recipe.data, recipe.model)
+        if problems:
+            print(f"{path}: valid, but its data: section cannot be loaded:\n  " + "\n  ".join(map(str, problems)))
+            return 2
     if name != "auto":
         adapter = get_backend(name)
         problems = recipe_problems(adapter, recipe)
-        if args.backend or args.plan:  # every check `run` makes before work
+        if full:
             problems += run_problems(recipe, name, adapter, allowed_factory_modules(args.allow_factory, adapter))
         if problems:
             print(f"{path}: valid, but backend {name!r} cannot run it:\n  " + "\n  ".join(map(str, problems)))
@@ -379,6 +387,10 @@ def run_problems(recipe: Any, name: str, adapter: Any, allowed: Sequence[str], o
             loader_for(recipe.data.dataset)
         except UnicompressError as exc:
             problems.append(Problem("data.dataset", recipe.data.dataset, str(exc)))
+    if recipe.data is not None and recipe.data.path:
+        from .data.recipe_data import data_problems
+
+        problems += data_problems(recipe.data, recipe.model)
     if recipe.data is None:
         problems += [Problem(f"stages[{i}]", stage.technique, f"needs {need} data: add a data: section")
                      for i, stage in enumerate(recipe.stages) for need in [_data_need(stage)] if need]
@@ -557,9 +569,14 @@ def _save_report_beside(exc: Any) -> None:
 
 
 def _load_data(recipe: Any, allowed: Sequence[str] = ()) -> Any:
-    """The recipe's data: a registry dataset or an allowed factory's TaskData (None without a data: section)."""
+    """The recipe's data: your file (``path:``), a registry dataset or an allowed factory's TaskData (None without
+    a data: section)."""
     if recipe.data is None:
         return None
+    if recipe.data.path:
+        from .data.recipe_data import load_recipe_data
+
+        return load_recipe_data(recipe.data, recipe.model, seed=recipe.seed)
     if recipe.data.dataset:
         from .data import load_dataset
 

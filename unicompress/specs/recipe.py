@@ -69,18 +69,112 @@ class ModelSource(SpecModel):
         return self.weights.replace("{backend}", backend) if self.weights is not None else None
 
 
+#: suffixes of data files: a `dataset:` ending in one is a file given in the wrong field
+_DATA_FILE_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".txt", ".arrow")
+#: fields of a `data:` section that describe a file (`path:`); dataset:/factory: take their options in kwargs
+_PATH_FIELDS = ("format", "text", "label", "task", "split", "split_column", "max_length", "tokenizer", "batch_size",
+                "eval_batch_size", "classes", "padding", "drop_duplicates", "vocab_size")
+
+
+class DataSplit(SpecModel):
+    """Fractions of the examples held out per class; train gets the rest (their sum must stay below 1)."""
+
+    test: float = Field(0.0, ge=0.0, lt=1.0, description="fraction for the test split (evaluation)")
+    validation: float = Field(0.0, ge=0.0, lt=1.0, description="fraction for the validation split")
+
+    @model_validator(mode="after")
+    def _leaves_train(self) -> "DataSplit":
+        if self.test + self.validation >= 1.0:
+            raise ValueError(f"test + validation = {self.test + self.validation:g} leaves no training examples; "
+                             "they must sum to less than 1")
+        return self
+
+
 class DataSource(SpecModel):
-    """Where train, calibration and evaluation data come from (framework-neutral numpy batches)."""
+    """Where train, calibration and evaluation data come from (framework-neutral numpy batches).
+
+    Exactly one of: `dataset` (a registered name: bbc-news, mnist-5k), `factory` (``module:function``
+    returning a TaskData) or `path` (your own file: CSV, TSV, JSON Lines, Parquet, or a saved Hugging Face
+    dataset folder), which the other fields describe::
+
+        data: {path: news.csv, text: [title, body], label: category, split: {test: 0.2, validation: 0.1},
+               max_length: 128, tokenizer: path/to/model/folder, batch_size: 32}
+    """
 
     dataset: Optional[str] = None
     factory: Optional[str] = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    path: Optional[str] = Field(None, min_length=1, description="your data file or saved dataset folder (relative "
+                                "to the working directory)")
+    format: Optional[Literal["csv", "tsv", "jsonl", "parquet", "dataset"]] = Field(
+        None, description="default: from the file's suffix")
+    text: Optional[list[str]] = Field(None, min_length=1, description="text column(s); two or more are encoded "
+                                      "as a pair: the first, and the others joined by a space")
+    label: Optional[str] = Field(None, min_length=1, description="label column: whole numbers are class ids, "
+                                 "other values map to ids in sorted order (or the order of classes)")
+    task: Optional[Literal["classification"]] = Field(None, description="default: classification")
+    split: Optional[DataSplit] = Field(None, description="held-out fractions; default test 0.1, validation 0.1")
+    split_column: Optional[str] = Field(None, min_length=1, description="a column naming each row's split: train, "
+                                        "validation (val, valid, dev, eval) or test")
+    max_length: Optional[int] = Field(None, ge=2, le=8192, description="tokens per text at most, default 128 "
+                                      "(batches pad to their longest row, not to this)")
+    tokenizer: Optional[str] = Field(None, min_length=1, description="the model's folder with its tokenizer (read "
+                                     "offline); default: the zoo model's own")
+    batch_size: Optional[int] = Field(None, ge=1, le=65536, description="rows per train() batch, default 16 "
+                                      "(stages re-cut to their own training.batch_size)")
+    eval_batch_size: Optional[int] = Field(None, ge=1, le=65536, description="default 64")
+    classes: Optional[list[str]] = Field(None, min_length=1, description="class names in id order (default: sorted)")
+    padding: Optional[Literal["longest", "max_length"]] = Field(
+        None, description="longest (default): each batch to its longest row, bucketed by length; max_length: every "
+        "batch to max_length")
+    drop_duplicates: Optional[bool] = Field(None, description="drop exact duplicate texts before splitting")
+    vocab_size: Optional[int] = Field(None, ge=2, description="fold ids into a smaller vocabulary (tiny test models)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _one_text_is_a_list(cls, text: Any) -> Any:
+        return [text] if isinstance(text, str) else text
+
+    @field_validator("path", "tokenizer")
+    @classmethod
+    def _no_nul(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and "\x00" in value:
+            raise ValueError("a path cannot hold a NUL character")
+        return value
 
     @model_validator(mode="after")
     def _one(self) -> "DataSource":
-        if (self.dataset is None) == (self.factory is None):
-            raise ValueError("give exactly one of dataset or factory")
+        given = [k for k in ("dataset", "factory", "path") if getattr(self, k) is not None]
+        if self.dataset is not None and _looks_like_a_file(self.dataset):
+            raise ValueError(f"dataset {self.dataset!r} looks like a file, but dataset: names a registered dataset "
+                             f"(bbc-news, mnist-5k); for your own file write path: {self.dataset} (with text: and "
+                             "label:)")
+        if len(given) != 1:
+            raise ValueError("give exactly one of dataset, factory or path" + (f" (got {', '.join(given)})" if given
+                                                                                else ""))
+        if self.path is None:
+            stray = [k for k in _PATH_FIELDS if getattr(self, k) is not None]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} describe a file given by path:; a dataset: or factory: takes "
+                                 "its options in kwargs")
+            return self
+        missing = [k for k in ("text", "label") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"path: needs {' and '.join(missing)}: the column(s) holding the text and the label")
+        if self.split is not None and self.split_column is not None:
+            raise ValueError("give split (fractions) or split_column, not both")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes {self.classes} repeat a name")
         return self
+
+    def columns(self) -> list[str]:
+        """The columns a `path:` source reads: text, label and split column."""
+        return list(dict.fromkeys([*(self.text or []), *([self.label] if self.label else []),
+                                   *([self.split_column] if self.split_column else [])]))
+
+
+def _looks_like_a_file(name: str) -> bool:
+    return "/" in name or "\\" in name or name.lower().endswith(_DATA_FILE_SUFFIXES)
 
 
 class ExportSpec(SpecModel):

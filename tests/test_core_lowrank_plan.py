@@ -188,3 +188,6 @@ def test_compress_executes_the_plan_and_reports_ranks_and_skips(mlp_backend):
     err = np.linalg.norm(after["fc1.1"].astype(np.float64) @ after["fc1.0"] - model.weights["fc1"])
     assert err == pytest.approx(ref.optimal_error(model.weights["fc1"], 5), rel=1e-5)
     assert result.report.before.params - result.report.after.params == 2 * (128 - 120)
+    assert stage.plan["ranks"] == {"fc1": 5, "fc2": 5}
+    text = result.report.to_markdown()
+    assert "ranks: 5: 2 layer(s)" in text and "left alone: `sq`: rank 5 of 8x8" in text

@@ -30,9 +30,15 @@ NOT_CURVES = frozenset({"layer_map"})
 
 
 def plan_summary(plan: Any) -> dict[str, Any]:
-    """The report's view of a StagePlan: counts, the layers left alone and why, notes."""
-    return {"selected": len(plan.selected), "attention_blocks": len(plan.attention), "ffn_pairs": len(plan.ffn),
-            "rows": list(plan.rows), "skipped": [list(s) for s in plan.skipped], "notes": list(plan.notes)}
+    """The report's view of a StagePlan: counts, the layers left alone and why, notes; for low rank each
+    factorised layer's rank, for quantization each layer's resolved settings."""
+    out = {"selected": len(plan.selected), "attention_blocks": len(plan.attention), "ffn_pairs": len(plan.ffn),
+           "rows": list(plan.rows), "skipped": [list(s) for s in plan.skipped], "notes": list(plan.notes)}
+    if getattr(plan, "ranks", None):
+        out["ranks"] = dict(plan.ranks)
+    if getattr(plan, "settings", None):
+        out["settings"] = {name: dict(s) for name, s in plan.settings.items()}
+    return out
 
 
 @dataclass
@@ -134,6 +140,11 @@ class CompressionReport:
             if p["ffn_pairs"]:
                 parts.append(f"{p['ffn_pairs']} FFN pair(s)")
             out.append(f"- stage {s.index} {s.technique}: " + ", ".join(parts))
+            if p.get("ranks"):  # one line: rank -> how many layers, then the layers by rank
+                by_rank: dict[int, list[str]] = {}
+                for name, r in p["ranks"].items():
+                    by_rank.setdefault(r, []).append(name)
+                out.append("  - ranks: " + "; ".join(f"{r}: {len(ns)} layer(s)" for r, ns in sorted(by_rank.items())))
             out += [f"  - left alone: `{name}`: {why}" for name, why in p["skipped"][:20]]
             if len(p["skipped"]) > 20:
                 out.append(f"  - ... and {len(p['skipped']) - 20} more")

@@ -48,7 +48,8 @@ def test_case_rows_come_from_the_spec():
 
 def test_cases_for_row_puts_the_simplest_first():
     found = cases_for_row(("quantization", "overrides", "true"))
-    assert [c.id for c in found] == ["quantization/overrides-mixed", "quantization/overrides-overlapping"]
+    assert [c.id for c in found] == ["quantization/overrides-mixed", "quantization/overrides-overlapping",
+                                     "quantization/overrides-skip-then-bits"]
     nm = cases_for_row(("pruning", "granularity", "n_m"))
     assert nm and all(("pruning", "granularity", "n_m") in c.exercises for c in nm)
 
@@ -284,3 +285,121 @@ def test_refused_combinations_take_a_case_out_of_claimed_mode():
     assert not runner.claims(case)
     verdict = judge_claimed_row(runner, ("pruning", "granularity", "n_m"))
     assert verdict.status == "no case" and "refused as a combination" in verdict.detail
+
+
+# ---- the cases pinning issue #12's disagreements, and their mutants' spec rewrites ------------------------------
+
+BERT_ATTENTION = ("query", "key", "value")
+
+
+def _bert_layer_names(layers: int = 2) -> list[str]:
+    names = []
+    for i in range(layers):
+        p = f"bert.encoder.layer.{i}"
+        names += [f"{p}.attention.self.{x}" for x in BERT_ATTENTION]
+        names += [f"{p}.attention.output.dense", f"{p}.intermediate.dense", f"{p}.output.dense"]
+    return names
+
+
+def test_overlapping_override_case_follows_the_one_rule():
+    spec = CASES_BY_ID["quantization/overrides-skip-then-bits"].spec
+    got = {n.split("layer.0.")[1]: checks.effective_quant(spec, n) for n in _bert_layer_names(1)}
+    assert got == {"attention.self.query": {"bits": 4, "symmetric": True, "per_channel": True},
+                   "attention.self.key": {"bits": 6, "symmetric": True, "per_channel": True},
+                   "attention.self.value": {"bits": 4, "symmetric": True, "per_channel": True},
+                   "attention.output.dense": None,
+                   "intermediate.dense": {"bits": 8, "symmetric": True, "per_channel": False},
+                   "output.dense": {"bits": 8, "symmetric": True, "per_channel": False}}
+
+
+def test_override_mutants_rewrite_to_the_wrong_rules():
+    from unicompress.conformance.mutants import _rewrite_overrides
+
+    spec = CASES_BY_ID["quantization/overrides-skip-then-bits"].spec
+    names = _bert_layer_names(1)
+    first = _rewrite_overrides(spec, names, first_match=True)
+    last = _rewrite_overrides(spec, names, first_match=False)
+    key, out = "bert.encoder.layer.0.attention.self.key", "bert.encoder.layer.0.attention.output.dense"
+    assert checks.effective_quant(first, key)["bits"] == 4  # the first match only
+    assert checks.effective_quant(first, out) == {"bits": 4, "symmetric": True, "per_channel": True}
+    assert checks.effective_quant(last, key)["bits"] == 6
+    assert checks.effective_quant(last, out) == {"bits": 4, "symmetric": True, "per_channel": False}  # un-skipped
+    assert {o.pattern for o in first.overrides} <= set(names)
+
+
+def test_layer_map_cases_and_the_kept_layers_mutant_disagree():
+    from unicompress.conformance.mutants import _wrong_layer_map
+
+    minilm = CASES_BY_ID["distillation/feature-minilm-6-to-3"].spec
+    assert minilm.student.layers_to_keep(6) == [0, 2, 5]
+    assert minilm.resolved_layer_map(3, 6) == [(0, 1), (1, 3), (2, 5)]
+    assert _wrong_layer_map(minilm, 6, kept=True).resolved_layer_map(3, 6) == [(0, 0), (1, 2), (2, 5)]
+    first = CASES_BY_ID["distillation/feature-drop-first-layer"].spec
+    assert first.resolved_layer_map(1, 2) == [(0, 1)]
+    assert _wrong_layer_map(first, 2, kept=True).resolved_layer_map(1, 2) == [(0, 0)]
+    same = CASES_BY_ID["distillation/user-encoder-feature-mse"].spec
+    assert same.resolved_layer_map(2, 2) == [(0, 0), (1, 1)]
+    assert _wrong_layer_map(same, 2, kept=False).resolved_layer_map(2, 2) == [(0, 1), (1, 0)]
+
+
+def test_edge_cases_are_refused_by_the_planner_and_clamped_by_their_mutants():
+    from unicompress.conformance.mutants import _clamped
+    from unicompress.backend.types import AttentionInfo, TransformerStructure
+
+    shapes = [(32, 32)] * 4 + [(64, 32), (32, 64)]
+    nm = CASES_BY_ID["pruning/nm-63-64-refused"]
+    assert nm.expects_refusal and nm.checks == ("refused",) and nm.refusal == "stages[0].m"
+    bent = _clamped(nm.spec, "clamped_nm", None, shapes)
+    assert (bent.n, bent.m) == (31, 32)  # what TensorFlow used to do: 97% sparse
+    capped = _clamped(CASES_BY_ID["pruning/nm-63-64-wide-layers"].spec, "capped_nm", None, [(32, 64)])
+    assert (capped.n, capped.m) == (32, 64)
+    att = AttentionInfo(block=0, query="q", key="k", value="v", output="o", num_heads=4, head_dim=8)
+    st = TransformerStructure(hidden_size=32, num_layers=1, attention=(att,))
+    assert _clamped(CASES_BY_ID["pruning/head-99-refused"].spec, "clamped_heads", st, shapes).sparsity == 0.75
+    block = _clamped(CASES_BY_ID["pruning/block-64x64-refused"].spec, "clamped_block", None, shapes)
+    assert tuple(block.block_shape) == (32, 32)
+
+
+def test_refusal_cases_are_never_probes_of_a_row():
+    from unicompress.conformance.contract import probe_unclaimed_row
+    from unicompress.conformance.runner import CaseRunner
+
+    case = CASES_BY_ID["pruning/block-64x64-refused"]
+    rows = sorted(case.requires - {("pruning", "granularity", "block")})
+    runner = CaseRunner(_ClaimsOnly(rows))
+    assert runner.missing(case) == [("pruning", "granularity", "block")]
+    verdict = probe_unclaimed_row(runner, ("pruning", "granularity", "block"))
+    assert case.id not in verdict.cases  # the refusal passes on any backend: it cannot show the row works
+
+
+def test_refused_check_judges_against_the_core_planner():
+    """On a real (numpy) backend: the planner's own refusal passes; a stage that ran, or refused in its own
+    words, fails."""
+    from numpy_adapter import NumpyAdapter, NumpyMLP
+
+    from unicompress.conformance.runner import Outcome
+    from unicompress.specs import PruningSpec
+
+    a, case = NumpyAdapter(), CASES_BY_ID["pruning/block-64x64-refused"]
+    model = NumpyMLP()
+
+    def outcome():
+        return Outcome(case, a.name, model, a.weights(model), a.layers(model), None)
+
+    o = outcome()
+    o.staged = a.copy(model)
+    try:
+        a.apply(o.staged, case.spec)
+    except Exception as exc:  # the core planner refuses inside Adapter.apply
+        o.error, o.exception = str(exc), exc
+    ok = checks.run_check("refused", a, o)
+    assert ok.passed is True and "block_shape" in ok.message, ok.message
+    own = outcome()
+    own.error, own.exception = "ValueError: block too big", ValueError("block too big")
+    bad = checks.run_check("refused", a, own)
+    assert bad.passed is False and "refused differently" in bad.message
+    ran = outcome()
+    ran.model = a.apply(a.copy(model), PruningSpec(granularity="block", sparsity=0.5, block_shape=(2, 2)))
+    bad = checks.run_check("refused", a, ran)
+    assert bad.passed is False and "the stage ran" in bad.message and "zero" in bad.message, bad.message
+    assert checks.run_check("sparsity", a, o).message.startswith("stage failed")  # the gate still holds

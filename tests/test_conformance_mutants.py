@@ -1,13 +1,16 @@
 """The suite judges itself: each deliberately broken adapter (unicompress.conformance.mutants) must fail the
 checks that target its bug, while the real adapter it wraps passes the same checks.
 
-Runs on the torch adapter by default (the first one ready); tensorflow and paddle are marked slow.
+Runs on the torch and onnx adapters by default; tensorflow and paddle are marked slow, and so is every
+pair whose case is marked slow (`Case.slow`). Each (mutation, case, check) pair is its own test.
 TensorFlow and Paddle are never loaded in one process here: each backend's tests skip unless its
 framework can load safely next to what is already imported.
 """
 from __future__ import annotations
 
+import fnmatch
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +18,20 @@ from unicompress.backend import get_backend, register, unregister
 from unicompress.conformance import contract
 from unicompress.conformance.cases import CASES_BY_ID
 from unicompress.conformance.mutants import MUTATIONS, MutantAdapter
+from unicompress.conformance.plugin import load_xfail
 from unicompress.conformance.runner import CaseRunner
 
+#: the suite's known failures (backend/case-id/check -> reason): a mutant cannot be judged where the real
+#: adapter fails for a reason on file
+KNOWN = load_xfail(str(Path(__file__).resolve().parents[1] / "conformance_tests" / "xfail.yaml"))
+
+
+def known_failure(backend: str, case_id: str, check: str):
+    key = f"{backend}/{case_id}/{check}"
+    return next((reason for pattern, reason in KNOWN.items() if fnmatch.fnmatchcase(key, pattern)), None)
+
 BACKENDS = [pytest.param("torch", id="torch"),
+            pytest.param("onnx", id="onnx"),
             pytest.param("tensorflow", id="tensorflow", marks=pytest.mark.slow),
             pytest.param("paddle", id="paddle", marks=pytest.mark.slow)]
 
@@ -41,19 +55,47 @@ def real_runner(runners: dict, backend: str) -> CaseRunner:
     return runners[backend]
 
 
+CATCHES = [pytest.param(m, case_id, check, id=f"{m}-{case_id}-{check}",
+                        marks=[pytest.mark.slow] if CASES_BY_ID[case_id].slow else [])
+           for m, spec in MUTATIONS.items() for case_id, check in spec.catches]
+
+
+@pytest.fixture(scope="module")
+def mutants():
+    return {}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mutation", [m for m, spec in MUTATIONS.items() if spec.catches])
-def test_checks_fail_the_mutant_and_pass_the_real_adapter(runners, backend, mutation):
+@pytest.mark.parametrize("mutation,case_id,check", CATCHES)
+def test_checks_fail_the_mutant_and_pass_the_real_adapter(runners, mutants, backend, mutation, case_id, check):
     real = real_runner(runners, backend)
-    mutant = CaseRunner(MutantAdapter(real.adapter, mutation))
-    for case_id, check in MUTATIONS[mutation].catches:
-        case = CASES_BY_ID[case_id]
-        if not real.claims(case):
-            pytest.skip(f"{backend} does not claim {case_id}")
-        good = real.result(case, check)
-        assert good.passed is True, f"real {backend} adapter fails {case_id}/{check}: {good.message}"
-        bad = mutant.result(case, check)
-        assert bad.passed is False, f"mutant {mutation!r} passed {case_id}/{check}: {bad.message}"
+    case = CASES_BY_ID[case_id]
+    if not real.claims(case):
+        pytest.skip(f"{backend} does not claim {case_id}")
+    if (backend, mutation) not in mutants:  # one runner per mutant: its cases run once for all their checks
+        mutants[backend, mutation] = CaseRunner(MutantAdapter(real.adapter, mutation))
+    good = real.result(case, check)
+    if good.passed is not True and known_failure(backend, case_id, check):
+        pytest.xfail(f"known failure of the real adapter: {known_failure(backend, case_id, check)}")
+    assert good.passed is True, f"real {backend} adapter fails {case_id}/{check}: {good.message}"
+    bad = mutants[backend, mutation].result(case, check)
+    assert bad.passed is False, f"mutant {mutation!r} passed {case_id}/{check}: {bad.message}"
+
+
+#: the cases that pin the disagreements of issue #12 (overlapping overrides, layer maps, edge values)
+PINNED = ("quantization/overrides-overlapping", "quantization/overrides-skip-then-bits",
+          "distillation/feature-mse", "distillation/feature-explicit-map", "distillation/feature-drop-first-layer",
+          "distillation/feature-drop-layers-explicit-map", "distillation/feature-minilm-6-to-3",
+          "distillation/user-encoder-feature-mse", "distillation/user-encoder-feature-drop-layers",
+          "pruning/nm-63-64-refused", "pruning/nm-63-64-wide-layers", "pruning/head-99-refused",
+          "pruning/block-64x64-refused")
+
+
+def test_every_pinned_case_has_a_mutant():
+    caught = {case_id for spec in MUTATIONS.values() for case_id, _ in spec.catches}
+    assert set(PINNED) <= set(CASES_BY_ID)
+    assert sorted(set(PINNED) - caught) == []
+    assert all(CASES_BY_ID[c].expects_refusal for c in PINNED if c.endswith("-refused"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

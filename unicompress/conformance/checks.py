@@ -36,7 +36,7 @@ def run_check(name: str, adapter: Any, outcome: Outcome) -> CheckResult:
     """Run a registered check; a stage that raised fails every check, a check that raises fails itself."""
     if name not in CHECKS:
         return CheckResult(name, False, f"unknown check {name!r}; known: {', '.join(sorted(CHECKS))}")
-    if outcome.error is not None and name != "applies":
+    if outcome.error is not None and name not in ("applies", "refused"):
         first = outcome.error.strip().splitlines()[-1]
         return CheckResult(name, False, f"stage failed, nothing to check: {first}")
     try:
@@ -194,6 +194,55 @@ def check_loss_falls(adapter, o: Outcome) -> CheckResult:
     msg = f"loss {first:.4f} -> {last:.4f} over {len(points)} points"
     return _result("loss_falls", [] if fell else [f"{msg}: did not fall by {o.case.tolerance.loss_drop:.0%}"],
                    {"loss_first": first, "loss_last": last}, msg)
+
+
+@check("refused")
+def check_refused(adapter, o: Outcome) -> CheckResult:
+    """The stage was refused before work, exactly as the core planner refuses it: the same error type and
+    message as `unicompress.planner.plan_stage` on the same model (so every backend refuses alike), naming
+    the case's field, and the model handed to the stage is bit-for-bit untouched."""
+    from ..planner import plan_stage
+
+    want = o.case.refusal
+    try:
+        plan_stage(adapter, adapter.copy(o.original), o.case.spec, len(o.case.pre))
+        core = None
+    except Exception as exc:  # noqa: BLE001 - the planner's refusal is what the stage must match
+        core = exc
+    if core is None:
+        return _result("refused", [f"the core planner accepts this spec on {o.case.model}: the case expects it to "
+                                   f"refuse {want}"])
+    core_msg = f"{type(core).__name__}: {core}"
+    if o.exception is None:
+        ran = _ran_anyway(adapter, o)
+        return _result("refused", [f"the stage ran ({ran}) although the core planner refuses it: {core_msg}"])
+    got_msg = f"{type(o.exception).__name__}: {o.exception}"
+    fails = []
+    if got_msg != core_msg:
+        fails.append(f"refused differently from the core planner: got {got_msg!r}, the planner says {core_msg!r}")
+    if want not in str(core):
+        fails.append(f"the planner's refusal does not name {want}: {core_msg}")
+    if o.staged is not None:
+        now = adapter.weights(o.staged)
+        touched = [n for n, w in o.weights_before.items() if n not in now or not np.array_equal(now[n], w)]
+        if touched:
+            fails.append(f"the refused stage changed the model it was given: {touched[:3]}")
+    return _result("refused", fails, {"seconds": o.seconds},
+                   f"refused before work like the core planner: {' | '.join(core_msg.splitlines()[:2])[:240]}")
+
+
+def _ran_anyway(adapter, o: Outcome) -> str:
+    """What a stage that should have been refused did: zeros and parameters of the selected layers."""
+    if o.model is None:
+        return "returned nothing"
+    rows = {r.name: r for r in adapter.describe(o.model)}
+    names = [n for n in selected_names(o, o.case.spec) if n in rows]
+    before = sum(int(np.prod(la.shape)) for la in o.layers_before if la.name in names)
+    params = sum(rows[n].params for n in names)
+    zero = sum(rows[n].params - rows[n].nonzero for n in names)
+    if not params:
+        return "no selected layer found"
+    return f"{len(names)} selected layers now {zero / params:.1%} zero, {before} -> {params} parameters"
 
 
 # ---- pruning ---------------------------------------------------------------------------------------------------------
@@ -435,6 +484,47 @@ def check_quantized_layers(adapter, o: Outcome) -> CheckResult:
 def _channels(q: np.ndarray, per_channel: bool) -> list[np.ndarray]:
     q = np.asarray(q)
     return [q[i] for i in range(q.shape[0])] if per_channel else [q.reshape(-1)]
+
+
+@check("layer_settings")
+def check_layer_settings(adapter, o: Outcome) -> CheckResult:
+    """Each selected layer ends with the setting of the core's one override rule (`planner.layer_settings`):
+    ``describe()`` reports its planned bits (32: an override kept it float), and its quantized tensor has
+    the planned granularity (per-channel: one scale per output row) and scheme (symmetric: zero-points 0)."""
+    spec: QuantizationSpec = o.case.spec
+    described = {r.name: r for r in adapter.describe(o.model)}
+    qw = _quantized(adapter, o)
+    fails, agree, names = [], 0, selected_names(o, spec)
+    for n in names:
+        s = layer_settings(spec, n)
+        bits = 32 if s["skip"] else s["bits"]
+        rule = "float (an override skips it)" if s["skip"] else \
+            f"{s['bits']} bits {s['granularity'].value} {s['scheme'].value}"
+        row = described.get(n)
+        bad = []
+        if row is None:
+            bad.append("missing from describe()")
+        elif row.bits != bits:
+            bad.append(f"describe() reports {row.bits} bits")
+        t = qw.get(n)
+        if s["skip"] and t is not None:
+            bad.append("it is quantized")
+        elif not s["skip"]:
+            if t is None:
+                bad.append("no quantized tensor")
+            else:
+                scales = int(np.size(t.scale))
+                per_channel = s["granularity"] is QuantGranularity.per_channel
+                if per_channel != (scales > 1):
+                    bad.append(f"{scales} scale(s)")
+                if s["scheme"] is Scheme.symmetric and np.any(np.asarray(t.zero_point) != 0):
+                    bad.append("non-zero zero-points")
+        if bad:
+            fails.append(f"{n}: {', '.join(bad)}; the override rule gives {rule}")
+        else:
+            agree += 1
+    return _result("layer_settings", fails, {"layers_as_planned": agree, "selected": len(names)},
+                   f"{agree}/{len(names)} selected layers as the override rule plans")
 
 
 @check("levels")

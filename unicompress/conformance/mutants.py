@@ -17,7 +17,8 @@ import numpy as np
 from ..backend.adapter import Adapter, StageContext
 from ..backend.capabilities import Capabilities, Support
 from ..backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TaskData, TransformerStructure
-from ..specs import DistillationSpec, LowRankSpec, PruningSpec
+from ..specs import DistillationSpec, LowRankSpec, PruningSpec, QuantizationSpec
+from ..specs.distillation import DistillKind
 from ..specs.pruning import Granularity
 from .cases import universe
 
@@ -41,10 +42,34 @@ MUTATIONS: dict[str, Mutation] = {
     "leaky_teacher": Mutation("nudges the teacher's weights during distillation",
                               (("distillation/response", "teacher_frozen"),)),
     "ignored_layer_map": Mutation("distils with the default layer map whatever layer_map the spec gives",
-                                  (("distillation/feature-explicit-map", "layer_map"),)),
+                                  (("distillation/feature-explicit-map", "layer_map"),
+                                   ("distillation/feature-drop-layers-explicit-map", "layer_map"))),
     "wrong_rank": Mutation("factorises at one rank more than asked", (("low_rank/rank-8", "rank"),)),
     "lossy_export": Mutation("exports weights with a small offset (zeros lost, outputs drift)",
                              (("pruning/unstructured-50", "onnx"),)),
+    "first_match_overrides": Mutation("applies only the first override that matches a layer (TensorFlow's old "
+                                      "`layer_settings`), not the core's rule",
+                                      (("quantization/overrides-overlapping", "quantized_layers"),
+                                       ("quantization/overrides-skip-then-bits", "layer_settings"))),
+    "last_match_unskips": Mutation("merges the matching overrides with later ones winning, skip included (a later "
+                                   "match without skip quantizes a skipped layer again)",
+                                   (("quantization/overrides-skip-then-bits", "layer_settings"),)),
+    "kept_layers_map": Mutation("pairs each student layer with the teacher layer it was cut from (Paddle's old "
+                                "`kept_layers` map, e.g. [(0, 0), (1, 2), (2, 5)] for 6 -> 3) instead of the "
+                                "core's default map",
+                                (("distillation/feature-drop-first-layer", "layer_map"),
+                                 ("distillation/user-encoder-feature-drop-layers", "layer_map"),
+                                 ("distillation/feature-minilm-6-to-3", "layer_map"))),
+    "reversed_layer_map": Mutation("pairs the student's layers with the teacher's in reverse order",
+                                   (("distillation/feature-mse", "layer_map"),
+                                    ("distillation/user-encoder-feature-mse", "layer_map"))),
+    "clamped_nm": Mutation("shrinks an N:M group that does not tile a layer to the largest m that does "
+                           "(63:64 -> 31:32) instead of refusing", (("pruning/nm-63-64-refused", "refused"),)),
+    "capped_nm": Mutation("caps N:M sparsity at n = m/2", (("pruning/nm-63-64-wide-layers", "sparsity"),)),
+    "clamped_heads": Mutation("keeps one head where the sparsity would remove every head instead of refusing",
+                              (("pruning/head-99-refused", "refused"),)),
+    "clamped_block": Mutation("shrinks a block larger than a layer to the layer instead of refusing",
+                              (("pruning/block-64x64-refused", "refused"),)),
     "false_claim": Mutation("claims every row of the spec universe", contract="claims"),
     "dirty_failure": Mutation("works in place and scribbles on the model when a stage fails",
                               contract="failure_isolation"),
@@ -128,6 +153,17 @@ class MutantAdapter(Adapter):
             spec = spec.model_copy(update={"layer_map": None})
         elif m == "wrong_rank" and isinstance(spec, LowRankSpec) and spec.rank is not None:
             spec = spec.model_copy(update={"rank": spec.rank + 1})
+        elif m in ("first_match_overrides", "last_match_unskips") and isinstance(spec, QuantizationSpec) \
+                and spec.overrides:
+            spec = _rewrite_overrides(spec, [layer.name for layer in spec.selector.select(self.layers(model))],
+                                      first_match=m == "first_match_overrides")
+        elif m in ("kept_layers_map", "reversed_layer_map") and isinstance(spec, DistillationSpec) \
+                and spec.layer_map is None and {DistillKind.feature, DistillKind.relation} & set(spec.kinds):
+            spec = _wrong_layer_map(spec, self._depth(ctx.teacher if ctx.teacher is not None else model),
+                                    kept=m == "kept_layers_map")
+        elif m in ("clamped_nm", "capped_nm", "clamped_heads", "clamped_block") and isinstance(spec, PruningSpec):
+            spec = _clamped(spec, m, self.structure(model),
+                            [layer.shape for layer in spec.selector.select(self.layers(model))])
         try:
             out = self.inner.apply(model, spec, data, ctx)
         except Exception:
@@ -139,6 +175,12 @@ class MutantAdapter(Adapter):
             name = sorted(w)[0]
             self.inner.set_weights(ctx.teacher, {name: w[name] * 1.01})
         return out
+
+    def _depth(self, model: Any) -> int:
+        st = self.inner.structure(model)
+        if st is None:
+            raise ValueError(f"{self.name}: no structure, cannot count the layers")
+        return st.num_layers
 
     def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
         path = self.inner.export_onnx(model, path, example, opset)
@@ -156,3 +198,56 @@ class MutantAdapter(Adapter):
 
     def export_native(self, model: Any, directory: Path) -> Path:
         return self.inner.export_native(model, directory)
+
+
+# ---- spec rewrites of the mutations (each a plausible, wrong reading of the spec) ------------------------------
+
+def _rewrite_overrides(spec: QuantizationSpec, names: list[str], first_match: bool) -> QuantizationSpec:
+    """The same spec with one exact-name override per layer, resolved by a wrong rule: the first matching
+    override only, or all matches with later ones winning `skip` too (an explicit ``skip: false``)."""
+    import fnmatch
+
+    fields = ("bits", "granularity", "scheme")
+    resolved = []
+    for name in names:
+        matches = [o for o in spec.overrides if fnmatch.fnmatchcase(name, o.pattern)]
+        if not matches:
+            continue
+        chosen = matches[:1] if first_match else matches
+        out: dict[str, Any] = {"pattern": name, "skip": False}
+        for o in chosen:
+            out["skip"] = o.skip  # the last match decides (first-match: the only one)
+            out.update({f: getattr(o, f) for f in fields if getattr(o, f) is not None})
+        resolved.append(out)
+    return QuantizationSpec(**{**spec.model_dump(mode="json"), "overrides": resolved})
+
+
+def _wrong_layer_map(spec: DistillationSpec, teacher_layers: int, kept: bool) -> DistillationSpec:
+    """An explicit layer map replacing the core's default: the cut-from (kept) layers, or reversed order."""
+    keep = spec.student.layers_to_keep(teacher_layers) if spec.student is not None else list(range(teacher_layers))
+    if kept:
+        pairs = list(enumerate(keep))
+    else:
+        pairs = [(s, t) for s, t in zip(range(len(keep)), reversed(range(teacher_layers)))]
+    return spec.model_copy(update={"layer_map": pairs})
+
+
+def _clamped(spec: PruningSpec, mutation: str, structure: Optional[TransformerStructure],
+             shapes: list[tuple[int, ...]]) -> PruningSpec:
+    """The spec bent until the planner accepts it (what an adapter that clamps instead of refusing does)."""
+    data = spec.model_dump(mode="json")
+    widths = [s[1] for s in shapes if len(s) == 2]
+    if mutation == "clamped_nm" and spec.granularity is Granularity.n_m:
+        m = next(m for m in range(spec.m, 1, -1) if all(w % m == 0 for w in widths))
+        data.update(n=max(1, min(m - 1, round(spec.n * m / spec.m))), m=m)  # 63:64 on 32-wide -> 31:32
+    elif mutation == "capped_nm" and spec.granularity is Granularity.n_m:
+        data.update(n=min(spec.n, spec.m // 2))
+    elif mutation == "clamped_heads" and spec.granularity is Granularity.head and structure is not None:
+        heads = min(a.num_heads for a in structure.attention)
+        data.update(sparsity=min(spec.sparsity, (heads - 1) / heads))
+    elif mutation == "clamped_block" and spec.granularity is Granularity.block:
+        rows = min(s[0] for s in shapes if len(s) == 2)
+        data.update(block_shape=[min(spec.block_shape[0], rows), min(spec.block_shape[1], min(widths))])
+    else:
+        return spec
+    return PruningSpec(**data)

@@ -116,7 +116,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         technique = getattr(metafunc.cls, "technique", "")
         check = metafunc.function.__name__[len("test_"):]
         cases = [c for c in CASES if c.technique == technique and check in c.checks]
-        metafunc.parametrize("case", cases, ids=[c.id for c in cases])
+        # a case over a real-size model (Case.slow) runs only in the slow run, like any slow test
+        metafunc.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else [])
+                                      for c in cases])
     if "row" in names:
         rows = list(universe())
         for name in state.backends:

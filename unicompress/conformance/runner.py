@@ -55,6 +55,8 @@ class Outcome:
     structure_before: Optional[TransformerStructure]
     model: Any = None
     error: Optional[str] = None
+    exception: Optional[BaseException] = None  # what the stage raised (refusal cases compare it with the planner)
+    staged: Any = None  # the copy the main spec was applied to (a refused stage must leave it untouched)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     teacher: Any = None
     teacher_weights_before: Optional[dict[str, np.ndarray]] = None
@@ -116,7 +118,7 @@ class CaseRunner:
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             if case.technique == "distillation" and case.student_seed is None:  # the student is cut from the teacher
-                original = a.build_model(case.model, seed=0, weights=teacher_weights(case.model))
+                original = build_teacher(a, case.model)
             else:
                 original = a.build_model(case.model, seed=case.student_seed or 0)
             layers = a.layers(original)
@@ -128,8 +130,8 @@ class CaseRunner:
         try:
             with case_environment(case.env):
                 self._apply(case, out, original, data)
-        except Exception:
-            out.error = _tail(traceback.format_exc())
+        except Exception as exc:
+            out.error, out.exception = _tail(traceback.format_exc()), exc
         out.seconds = time.perf_counter() - t0
         return out
 
@@ -143,9 +145,10 @@ class CaseRunner:
             out.weights_mid = a.weights(model)
         ctx = StageContext()
         if case.technique == "distillation":
-            out.teacher = a.build_model(case.model, seed=0, weights=teacher_weights(case.model))
+            out.teacher = build_teacher(a, case.model)
             out.teacher_weights_before = a.weights(out.teacher)
             ctx.teacher = out.teacher
+        out.staged = model
         out.model = a.apply(model, case.spec, data, ctx)
         out.history = ctx.history
 
@@ -190,13 +193,38 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
+#: how much a teacher's classifier is sharpened (see `teacher_weights`)
+TEACHER_SHARPEN = 50.0
+
+
+def build_teacher(adapter: Adapter, model: str) -> Any:
+    """The distillation teacher of a case: seed 0 with a sharpened classifier.
+
+    Zoo models get `teacher_weights` (neutral weights, the same on every backend). A backend's own user
+    model (``user-encoder``) has no neutral weights: it is built with seed 0 and its classifier — named
+    by the adapter's discovered structure, never guessed from names — is scaled through
+    `adapter.weights` / `adapter.set_weights`.
+    """
+    if model in ZOO_NAMES:
+        return adapter.build_model(model, seed=0, weights=teacher_weights(model))
+    teacher = adapter.build_model(model, seed=0)
+    structure = adapter.structure(teacher)
+    head = structure.classifier if structure is not None else None
+    if head is None:
+        raise ValueError(f"{adapter.name}: no classifier found in {model!r} (structure: "
+                         f"{structure.summary() if structure else 'none'}): cannot sharpen the teacher")
+    w = adapter.weights(teacher, [head])[head]
+    adapter.set_weights(teacher, {head: w * TEACHER_SHARPEN})
+    return teacher
+
+
 def teacher_weights(model: str) -> dict[str, np.ndarray]:
     """Zoo weights (seed 0) with a sharpened head: the zoo's N(0, 0.02) classifier gives near-uniform logits,
     which would make 'the student moves towards the teacher' a comparison of tiny numbers."""
     from .. import zoo
 
     weights = zoo.weights_for(model, zoo.config_for(model), seed=0)
-    weights["classifier.weight"] = weights["classifier.weight"] * 50.0
+    weights["classifier.weight"] = weights["classifier.weight"] * TEACHER_SHARPEN
     return weights
 
 

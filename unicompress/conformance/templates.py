@@ -65,6 +65,9 @@ class TestPruning(ConformanceTemplate):
     def test_schedule(self, conformance_runner, case):
         expect(conformance_runner, case, "schedule")
 
+    def test_refused(self, conformance_runner, case):
+        expect(conformance_runner, case, "refused")
+
     def test_runs_finite(self, conformance_runner, case):
         expect(conformance_runner, case, "runs_finite")
 
@@ -80,6 +83,9 @@ class TestQuantization(ConformanceTemplate):
 
     def test_quantized_layers(self, conformance_runner, case):
         expect(conformance_runner, case, "quantized_layers")
+
+    def test_layer_settings(self, conformance_runner, case):
+        expect(conformance_runner, case, "layer_settings")
 
     def test_levels(self, conformance_runner, case):
         expect(conformance_runner, case, "levels")

@@ -781,10 +781,7 @@ def _factorisations(adapter, o: Outcome) -> dict:
     out = {}
     for n in selected_names(o, spec):
         w = o.weights_before[n]
-        if spec.rank is not None:
-            r = min(spec.rank, min(w.shape))
-        else:
-            r = ref.rank_for_energy(np.linalg.svd(w.astype(np.float64), compute_uv=False), spec.energy)
+        r = ref.rank_for(w, spec.rank, spec.energy)
         expected = r if (spec.force or ref.saves_parameters(w.shape, r)) else None
         parts = sorted((k, v) for k, v in after.items() if k.startswith(n + ".") or k.startswith(n + "_"))
         if len(parts) == 2 and all(v.ndim == 2 for _, v in parts):

@@ -4,9 +4,9 @@ from .capabilities import Capabilities, Support, build_table
 from .registry import (ENTRY_POINT_GROUP, available_backends, backend_for_model, get_backend, register,
                        resolve_backend, unregister)
 from .types import (AttentionInfo, FFNInfo, Inputs, LayerInfo, LayerStats, QuantizedTensor, TaskData,
-                    TransformerStructure, batch_size_of)
+                    TransformerStructure)
 
 __all__ = ["Adapter", "StageContext", "framework_imported", "Capabilities", "Support", "build_table",
            "ENTRY_POINT_GROUP", "available_backends", "backend_for_model", "get_backend", "register",
            "resolve_backend", "unregister", "AttentionInfo", "FFNInfo", "Inputs", "LayerInfo", "LayerStats",
-           "QuantizedTensor", "TaskData", "TransformerStructure", "batch_size_of"]
+           "QuantizedTensor", "TaskData", "TransformerStructure"]

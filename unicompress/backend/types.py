@@ -354,13 +354,3 @@ def _check_labels(source: str, labels: np.ndarray, num_labels: Optional[int]) ->
         if low < 0 or high >= num_labels:
             raise InvalidDataError(f"{source}: labels range over [{low}, {high}], outside [0, {num_labels}) of "
                                    f"TaskData.num_labels={num_labels}")
-
-
-def batch_size_of(inputs: Inputs) -> int:
-    """Number of examples in one batch of inputs."""
-    first = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
-    return int(first.shape[0])
-
-
-def layer_names(layers: Sequence[LayerInfo]) -> list[str]:
-    return [layer.name for layer in layers]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 from enum import Enum
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, TypeVar
 
 from pydantic import Field
 
@@ -34,6 +34,16 @@ DEFAULT_ROLES: tuple[LayerRole, ...] = (LayerRole.query, LayerRole.key, LayerRol
                                         LayerRole.ffn_out, LayerRole.other)
 
 
+class LayerLike(Protocol):
+    """What `LayerSelector.select` reads of a layer (a `LayerInfo`, or an adapter's own record)."""
+
+    name: str
+    role: LayerRole
+
+
+_Layer = TypeVar("_Layer", bound=LayerLike)
+
+
 class LayerSelector(SpecModel):
     """Chooses the layers a spec applies to.
 
@@ -62,16 +72,6 @@ class LayerSelector(SpecModel):
             return False
         return not any(fnmatch.fnmatchcase(name, pat) for pat in self.exclude)
 
-    def select(self, layers: Iterable["LayerLike"]) -> list["LayerLike"]:
+    def select(self, layers: Iterable[_Layer]) -> list[_Layer]:
         """The layers (objects with `.name` and `.role`) this selector chooses, in order."""
         return [layer for layer in layers if self.matches(layer.name, layer.role)]
-
-
-class LayerLike:  # pragma: no cover - typing helper only
-    name: str
-    role: LayerRole
-
-
-def matching_names(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
-    """Names matched by any of the glob patterns, in order."""
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]

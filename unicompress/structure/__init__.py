@@ -5,6 +5,7 @@ everything that turns a structure into roles, blocks and plans lives here, the s
 """
 from ..specs.structure import StructureDeclaration
 from .declared import declared_structure
-from .roles import TRANSFORMER_ROLES, assign_roles, roles_of
+from .roles import TRANSFORMER_ROLES, assign_roles, block_from_name, role_from_name, roles_of
 
-__all__ = ["StructureDeclaration", "declared_structure", "TRANSFORMER_ROLES", "assign_roles", "roles_of"]
+__all__ = ["StructureDeclaration", "declared_structure", "TRANSFORMER_ROLES", "assign_roles", "roles_of",
+           "role_from_name", "block_from_name"]

@@ -11,9 +11,14 @@ merges the two the same way on every backend:
   - when the structure names no classifier, the last Linear after its last block is the classifier (the
     task head, which the default selector skips);
   - without a structure, the adapter's name-based roles stand (the fallback).
+
+`role_from_name` / `block_from_name` are that fallback, one table for every backend: an adapter calls them
+for each layer (after its own type rules, e.g. an Embedding is an embedding) and hands the result to
+`assign_roles`, where a discovered structure overrides them.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Optional, Sequence
 
@@ -24,6 +29,49 @@ from ..specs.selector import LayerRole
 TRANSFORMER_ROLES = frozenset({LayerRole.query, LayerRole.key, LayerRole.value, LayerRole.qkv,
                                LayerRole.attention_output, LayerRole.ffn_in, LayerRole.ffn_gate,
                                LayerRole.ffn_out})
+
+
+#: dotted-name suffix -> role, the first match wins. Hugging Face / zoo names first, then the common short names
+#: (PyTorch, Paddle, BART/DistilBERT/Marian); the head before the attention names so that RoBERTa's
+#: ``classifier.out_proj`` is the classifier, not an attention output.
+_NAME_RULES: tuple[tuple[re.Pattern, LayerRole], ...] = tuple((re.compile(r"(^|\.)" + p + "$"), role) for p, role in (
+    (r"attention\.self\.query", LayerRole.query),
+    (r"attention\.self\.key", LayerRole.key),
+    (r"attention\.self\.value", LayerRole.value),
+    (r"attention\.output\.dense", LayerRole.attention_output),
+    (r"intermediate\.dense", LayerRole.ffn_in),
+    (r"output\.dense", LayerRole.ffn_out),
+    (r"pooler(\.dense)?", LayerRole.pooler),
+    (r"(classifier|lm_head|score|head)(\.out_proj)?", LayerRole.classifier),
+    (r"(q_proj|q_lin|query)", LayerRole.query),
+    (r"(k_proj|k_lin|key)", LayerRole.key),
+    (r"(v_proj|v_lin|value)", LayerRole.value),
+    (r"(out_proj|o_proj|out_lin)", LayerRole.attention_output),
+    (r"(linear1|fc1|lin1)", LayerRole.ffn_in),
+    (r"(linear2|fc2|lin2)", LayerRole.ffn_out),
+    (r"(patch_)?embeddings?(\..*)?", LayerRole.embedding),
+))
+#: the block index in a dotted name: ``encoder.layer.3.`` / ``layers.3`` / ``blocks.3`` / ``block.3`` / GPT-2's ``h.3``
+_BLOCK_RULE = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block|h)\.(\d+)(?:\.|$)")
+
+
+def role_from_name(name: str) -> LayerRole:
+    """The fallback role of a layer from its dotted name alone (``other`` when no rule matches).
+
+    Only for models where discovery found no structure (and for the head and embedding names around a found
+    one): `assign_roles` lets a structure override it. A low-rank factor should be passed its base name.
+    Example: ``role_from_name("roberta.encoder.layer.0.attention.self.query") is LayerRole.query``;
+    ``role_from_name("classifier.out_proj") is LayerRole.classifier``.
+    """
+    return next((role for rule, role in _NAME_RULES if rule.search(name)), LayerRole.other)
+
+
+def block_from_name(name: str) -> Optional[int]:
+    """The Transformer block index a dotted name carries, or None.
+
+    Example: ``block_from_name("transformer.h.3.mlp.c_fc") == 3``."""
+    match = _BLOCK_RULE.search(name)
+    return int(match.group(1)) if match else None
 
 
 def roles_of(structure: TransformerStructure) -> dict[str, tuple[LayerRole, Optional[int]]]:

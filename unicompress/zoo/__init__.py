@@ -9,6 +9,7 @@ Backends implement `Adapter.build_model(name, **kwargs)` for these names:
     classifier on Paddle; tiny-bert's sizes and inputs (input_ids, attention_mask), random weights from the
     seed. The conformance suite runs its structural cases on it, so discovery is tested on real architectures.
 kwargs: ``seed`` (weights), ``num_labels``, ``weights`` (a dict of neutral arrays to load instead).
+`reference.logits(name, config, weights, inputs)` is their forward pass in float64 numpy, the backends' tests' reference.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import bert, vit
+from . import bert, reference, vit
 
 ZOO_NAMES = ("tiny-bert", "tiny-vit", "minilm-l6")
 #: models a backend builds from its framework's own layers (sizes and inputs of tiny-bert)

@@ -1,5 +1,5 @@
-"""Zoo models on Paddle match a numpy implementation of the zoo semantics; import-order guard; lean backend."""
-import math
+"""Zoo models on Paddle match the zoo's numpy forward (`unicompress.zoo.reference`); import-order guard; lean
+backend."""
 import subprocess
 import sys
 import textwrap
@@ -9,72 +9,10 @@ import pytest
 
 import paddle  # noqa: F401  (Paddle first: this process may also import torch/onnxruntime)
 from unicompress import zoo
+from unicompress.zoo.reference import bert_logits, vit_logits
 from unicompress_paddle.backend import PaddleAdapter
 
 PY = sys.executable
-_erf = np.vectorize(math.erf)
-
-
-def _ln(x, w, b, eps):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * w + b
-
-
-def _lin(x, W, name):
-    return x @ W[f"{name}.weight"].T + W[f"{name}.bias"]
-
-
-def _gelu(x):
-    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
-
-
-def _attn(x, W, p, heads, mask_add=None):
-    B, L, H = x.shape
-    d = H // heads
-    sh = lambda t: t.reshape(B, L, heads, d).transpose(0, 2, 1, 3)  # noqa: E731
-    q, k, v = (sh(_lin(x, W, f"{p}.attention.self.{n}")) for n in ("query", "key", "value"))
-    s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
-    if mask_add is not None:
-        s = s + mask_add
-    s = np.exp(s - s.max(-1, keepdims=True))
-    s /= s.sum(-1, keepdims=True)
-    return _lin((s @ v).transpose(0, 2, 1, 3).reshape(B, L, H), W, f"{p}.attention.output.dense")
-
-
-def numpy_bert(W, cfg, ids, mask):
-    """zoo/bert.py semantics in float64 numpy."""
-    W = {k: v.astype(np.float64) for k, v in W.items()}
-    e = "bert.embeddings"
-    x = W[f"{e}.word_embeddings.weight"][ids] + W[f"{e}.position_embeddings.weight"][: ids.shape[1]] \
-        + W[f"{e}.token_type_embeddings.weight"][0]
-    x = _ln(x, W[f"{e}.LayerNorm.weight"], W[f"{e}.LayerNorm.bias"], cfg.layer_norm_eps)
-    mask_add = ((1.0 - mask) * -1e9)[:, None, None, :]
-    for i in range(cfg.num_hidden_layers):
-        p = f"bert.encoder.layer.{i}"
-        a = _attn(x, W, p, cfg.num_attention_heads, mask_add)
-        x = _ln(x + a, W[f"{p}.attention.output.LayerNorm.weight"], W[f"{p}.attention.output.LayerNorm.bias"],
-                cfg.layer_norm_eps)
-        h = _lin(_gelu(_lin(x, W, f"{p}.intermediate.dense")), W, f"{p}.output.dense")
-        x = _ln(x + h, W[f"{p}.output.LayerNorm.weight"], W[f"{p}.output.LayerNorm.bias"], cfg.layer_norm_eps)
-    return _lin(np.tanh(_lin(x[:, 0], W, "bert.pooler.dense")), W, "classifier")
-
-
-def numpy_vit(W, cfg, pix):
-    W = {k: v.astype(np.float64) for k, v in W.items()}
-    B, p, n = pix.shape[0], cfg.patch_size, cfg.image_size // cfg.patch_size
-    patches = pix.reshape(B, n, p, n, p).transpose(0, 1, 3, 2, 4).reshape(B, n * n, p * p)
-    x = _lin(patches, W, "vit.embeddings.patch_embeddings")
-    cls = np.broadcast_to(W["vit.embeddings.cls_token"], (B, 1, x.shape[-1]))
-    x = np.concatenate([cls, x], 1) + W["vit.embeddings.position_embeddings"]
-    eps = cfg.layer_norm_eps
-    for i in range(cfg.num_hidden_layers):
-        pre = f"vit.encoder.layer.{i}"
-        h = _ln(x, W[f"{pre}.layernorm_before.weight"], W[f"{pre}.layernorm_before.bias"], eps)
-        x = x + _attn(h, W, pre, cfg.num_attention_heads)
-        h = _ln(x, W[f"{pre}.layernorm_after.weight"], W[f"{pre}.layernorm_after.bias"], eps)
-        x = x + _lin(_gelu(_lin(h, W, f"{pre}.intermediate.dense")), W, f"{pre}.output.dense")
-    return _lin(_ln(x, W["vit.layernorm.weight"], W["vit.layernorm.bias"], eps)[:, 0], W, "classifier")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +25,7 @@ def test_tiny_bert_logits_match_numpy_reference(adapter):
     W = zoo.weights_for("tiny-bert", cfg, seed=3)
     x = zoo.inputs_for("tiny-bert", cfg, batch=4, length=12)
     got = adapter.run(adapter.build_model("tiny-bert", seed=3), x)
-    want = numpy_bert(W, cfg, x["input_ids"], x["attention_mask"])
+    want = bert_logits(cfg, W, x)
     assert got.shape == (4, 3) and got.dtype == np.float32
     assert np.abs(got - want).max() < 1e-4
     # padded positions must not matter (the additive mask works)
@@ -102,7 +40,7 @@ def test_tiny_vit_logits_match_numpy_reference(adapter):
     x = zoo.inputs_for("tiny-vit", cfg, batch=3)
     got = adapter.run(adapter.build_model("tiny-vit", seed=1), x)
     assert got.shape == (3, 10)
-    assert np.abs(got - numpy_vit(W, cfg, x["pixel_values"])).max() < 1e-4
+    assert np.abs(got - vit_logits(cfg, W, x)).max() < 1e-4
 
 
 def test_weights_neutral_layout_roundtrip_and_structure(adapter):

@@ -11,8 +11,9 @@ Names, stable through ONNX Runtime's rewrites:
   2. else the node's TorchScript scope path (``/bert/encoder/layer.0/attention/self/query/MatMul`` -> the same);
   3. else the node's name, else the initializer's; a repeated name gets ``_1``, ``_2``, ...
 Handlers that rewrite the graph first `canonicalize` it (weight initializers renamed ``<layer>.weight``), so
-rule 1 gives every layer the name it had. Roles come from names (the other backends' patterns) through
-`assign_roles(..., None)`: no structure is discovered, so the planner refuses head and neuron pruning.
+rule 1 gives every layer the name it had. Roles come from names (the core's `role_from_name`, as on every
+backend) through `assign_roles(..., None)`: no structure is discovered, so the planner refuses head and
+neuron pruning.
 """
 from __future__ import annotations
 
@@ -26,27 +27,13 @@ from onnx import numpy_helper
 
 from unicompress.backend.types import LayerInfo, LayerStats, QuantizedTensor, count_nonzero, known_names
 from unicompress.specs.selector import LayerRole
-from unicompress.structure import assign_roles
+from unicompress.structure import assign_roles, block_from_name, role_from_name
 
 #: marks the two nodes a low-rank factorisation made (their roles are those of the layer they replaced)
 LOW_RANK_MARK = "unicompress:low_rank"
 _INT_BITS = {onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT16: 16,
              onnx.TensorProto.UINT16: 16, onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
-
-# name -> role, first match wins (the torch backend's patterns: exporters keep the module names)
-_ROLE_PATTERNS: tuple[tuple[str, LayerRole], ...] = tuple((r"(^|\.)" + p, role) for p, role in (
-    (r"(attention\.self\.query|q_proj|q_lin|query)$", LayerRole.query),
-    (r"(attention\.self\.key|k_proj|k_lin|key)$", LayerRole.key),
-    (r"(attention\.self\.value|v_proj|v_lin|value)$", LayerRole.value),
-    (r"(attention\.output\.dense|out_proj|o_proj|out_lin)$", LayerRole.attention_output),
-    (r"(intermediate\.dense|linear1|fc1|lin1)$", LayerRole.ffn_in),
-    (r"(output\.dense|linear2|fc2|lin2)$", LayerRole.ffn_out),
-    (r"pooler(\.dense)?$", LayerRole.pooler),
-    (r"(classifier|lm_head|score|head)(\.out_proj)?$", LayerRole.classifier),
-    (r"embeddings?(\.|$)", LayerRole.embedding)))
-_BLOCK = re.compile(r"\.(?:layer|layers|blocks|h)\.(\d+)(?:\.|$)")
-
 
 @dataclass(frozen=True)
 class Layer:
@@ -66,7 +53,7 @@ class Layer:
         base = self.name[:-2] if self.node.doc_string == LOW_RANK_MARK else self.name
         if self.kind == "embedding":
             return LayerRole.embedding
-        return next((role for pattern, role in _ROLE_PATTERNS if re.search(pattern, base)), LayerRole.other)
+        return role_from_name(base)
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
@@ -148,14 +135,10 @@ def by_name(model: Any) -> dict[str, Layer]:
     return {layer.name: layer for layer in discover(model)}
 
 
-def block_of(name: str) -> Optional[int]:
-    match = _BLOCK.search("." + name)
-    return int(match.group(1)) if match else None
-
-
 def layer_infos(model: Any) -> list[LayerInfo]:
     """`LayerInfo`s with roles from `assign_roles` (no structure: the name fallback decides)."""
-    raw = [LayerInfo(la.name, la.kind, la.role, _neutral_shape(model, la), block_of(la.name)) for la in discover(model)]
+    raw = [LayerInfo(la.name, la.kind, la.role, _neutral_shape(model, la), block_from_name(la.name))
+           for la in discover(model)]
     return assign_roles(raw, None)
 
 

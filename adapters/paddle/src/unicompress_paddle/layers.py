@@ -3,13 +3,12 @@
 A LayerInfo name is the Paddle sublayer path (a zoo model's sublayer names are the neutral names).
 The structure is discovered from layer types (`structure`): paddle.nn.MultiHeadAttention, the
 Transformer encoder/decoder layers and the zoo's blocks; roles follow it (`unicompress.structure.
-assign_roles`), with the name patterns below only as the fallback for models without attention.
+assign_roles`), with the core's name rules (`role_from_name`) only as the fallback for models without attention.
 Paddle's Linear keeps its weight [in, out]: every weight crossing this module is transposed.
 Quantized models (paddle.quantization) wrap a Linear into a QuantedLinear that keeps `weight` [in, out].
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -17,19 +16,9 @@ import numpy as np
 from unicompress.backend.types import (AttentionInfo, FFNInfo, LayerInfo, LayerStats, TransformerStructure,
                                      count_nonzero, known_names)
 from unicompress.specs.selector import LayerRole
-from unicompress.structure import assign_roles
+from unicompress.structure import assign_roles, block_from_name, role_from_name
 
 from .compat import paddle
-
-_ROLE_PATTERNS = [
-    (r"\.attention\.self\.query$", LayerRole.query), (r"\.attention\.self\.key$", LayerRole.key),
-    (r"\.attention\.self\.value$", LayerRole.value), (r"\.attention\.output\.dense$", LayerRole.attention_output),
-    (r"\.intermediate\.dense$", LayerRole.ffn_in), (r"\.output\.dense$", LayerRole.ffn_out),
-    (r"(^|\.)pooler\.dense$", LayerRole.pooler), (r"^classifier$", LayerRole.classifier),
-    (r"patch_embeddings$", LayerRole.embedding),
-]
-_BLOCK = re.compile(r"\.layers?\.(\d+)\.")
-
 
 def is_linear(layer: Any) -> bool:
     """A Linear or a quantized Linear (both hold `weight` [in, out])."""
@@ -38,17 +27,10 @@ def is_linear(layer: Any) -> bool:
 
 
 def role_of(name: str, layer: Any = None) -> LayerRole:
+    """The fallback role: an Embedding by type, else the core's name rules (`role_from_name`)."""
     if isinstance(layer, paddle.nn.Embedding):
         return LayerRole.embedding
-    for pattern, role in _ROLE_PATTERNS:
-        if re.search(pattern, name):
-            return role
-    return LayerRole.other
-
-
-def block_of(name: str) -> Optional[int]:
-    m = _BLOCK.search(name + ".")
-    return int(m.group(1)) if m else None
+    return role_from_name(name)
 
 
 def compressible(model: Any) -> dict[str, Any]:
@@ -70,7 +52,7 @@ def layer_infos(model: Any, st: Optional[TransformerStructure] = None) -> list[L
         shape = tuple(layer.weight.shape)
         linear = is_linear(layer)
         infos.append(LayerInfo(name, "linear" if linear else "embedding", role_of(name, layer),
-                               (shape[1], shape[0]) if linear else shape, block_of(name)))
+                               (shape[1], shape[0]) if linear else shape, block_from_name(name)))
     return assign_roles(infos, st if st is not None else structure(model))
 
 

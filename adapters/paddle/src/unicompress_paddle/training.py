@@ -5,10 +5,14 @@ of ``python -m paddle.distributed.launch`` (see `distributed`).
 
 Masks recorded by pruning (`model._unicompress_masks`, neutral [out, in] keep-masks) are re-applied after
 every optimizer step so pruned weights stay zero, as FineTuneSpec promises.
+A NaN/inf loss stops the stage before its backward pass (FloatingPointError, as on torch and TensorFlow); the
+batches come from the core's `TaskData.endless_train`, which refuses float class labels (InvalidDataError)
+instead of truncating them.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -119,6 +123,10 @@ def train(model: Any, data: TaskData, spec: TrainingSpec, ctx: StageContext,
                 loss = loss + extra_loss(tensors, labels, logits)
             if dp is not None:
                 loss = loss * scale
+            shown = dp.mean(loss) if dp is not None else float(loss)  # global: every rank stops together
+            if not math.isfinite(shown):  # the message torch's and TensorFlow's loops give
+                raise FloatingPointError(f"training loss became {shown} at step {step}; "
+                                         "lower training.learning_rate")
             loss.backward()
             if dp is not None:
                 dp.average_gradients(outside)
@@ -128,7 +136,7 @@ def train(model: Any, data: TaskData, spec: TrainingSpec, ctx: StageContext,
                 sched.step()
             apply_masks(model)
             if step % every == 0 or step == spec.steps - 1:
-                ctx.log("loss", step, dp.mean(loss) if dp is not None else float(loss))
+                ctx.log("loss", step, shown)
             bar.update(1)
     model.eval()
     return model

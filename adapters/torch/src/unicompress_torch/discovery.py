@@ -82,28 +82,21 @@ def linear_features(module: nn.Module) -> Optional[tuple[int, int]]:
     return None
 
 
-@dataclass
-class FoundAttention:
-    """One attention module as discovery found it (module paths and widths), before block numbering."""
+@dataclass(frozen=True)
+class FoundAttention(AttentionInfo):
+    """One attention module as discovery found it: an `AttentionInfo` before block numbering (``block`` -1,
+    ``kind`` not yet decided) plus what removal needs to update the module afterwards."""
 
-    core: str  # the module holding Q/K/V (or the nn.MultiheadAttention)
-    query: str
-    key: str
-    value: str
-    output: str
-    num_heads: int
-    head_dim: int
-    num_kv_heads: Optional[int]
-    module: nn.Module
+    core: str = ""  # the module holding Q/K/V (or the nn.MultiheadAttention)
+    module: Optional[nn.Module] = field(default=None, compare=False)
     hidden: int = 0  # input width of the query projection (the block's hidden size)
     cross_named: bool = False
-    removable: bool = True
-    note: str = ""
     extra_rows: tuple[str, ...] = ()  # other per-head row layers of the core (DeBERTa's pos_*_proj)
 
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((self.query, self.key, self.value, self.output)))
+    def numbered(self, block: int, kind: str, removable: bool, note: str) -> AttentionInfo:
+        """The plain `AttentionInfo` the structure lists, once the block's number and the kind are known."""
+        return AttentionInfo(block, self.query, self.key, self.value, self.output, self.num_heads, self.head_dim,
+                             self.num_kv_heads, kind, removable, note)
 
 
 @dataclass
@@ -236,10 +229,11 @@ def _find_attention(model: nn.Module, path: str, module: nn.Module, config: Any)
         if getattr(module, "in_proj_weight", None) is None and not hasattr(module, "in_proj_weight_orig"):
             return None  # separate q/k/v_proj_weight parameters (kdim != embed_dim): not described
         packed = _join(path, "in_proj")
-        return FoundAttention(path, packed, packed, packed, _join(path, "out_proj"), int(module.num_heads),
-                              int(module.head_dim), None, module, int(module.embed_dim), cross, removable=False,
+        return FoundAttention(-1, packed, packed, packed, _join(path, "out_proj"), int(module.num_heads),
+                              int(module.head_dim), removable=False,
                               note="nn.MultiheadAttention needs num_heads * head_dim == embed_dim, so its heads "
-                                   "can be masked (remove_pruned: false) but not removed")
+                                   "can be masked (remove_pruned: false) but not removed",
+                              core=path, module=module, hidden=int(module.embed_dim), cross_named=cross)
     kids = _linear_children(module)
     picked = _projections(module, kids)
     if picked is None:
@@ -268,15 +262,14 @@ def _find_attention(model: nn.Module, path: str, module: nn.Module, config: Any)
     # relative-position projections with a row block per head (DeBERTa's pos_key_proj / pos_query_proj)
     extra = tuple(_join(path, n) for n, (_, i, out) in kids.items()
                   if n not in taken and n != o and "pos" in n.lower() and out == q_out and i == q_in)
-    found = FoundAttention(path, *names, output, heads, d, kv, module, q_in, cross, extra_rows=extra)
     fam = family(module)
-    if fam not in HEAD_REMOVAL_FAMILIES and type(module).__module__ != "unicompress_torch.models":
-        found.removable = False
-        found.note = (f"{type(module).__name__} ({fam}): unicompress has not verified how this attention reshapes "
-                      "its heads, so they can be masked (remove_pruned: false) but not removed")
-    elif fam == "gpt2" and getattr(module, "is_cross_attention", False):
+    if fam == "gpt2" and getattr(module, "is_cross_attention", False):
         return None  # K|V packed in c_attn, Q apart in q_attn: not the q|k|v layout
-    return found
+    verified = fam in HEAD_REMOVAL_FAMILIES or type(module).__module__ == "unicompress_torch.models"
+    note = "" if verified else (f"{type(module).__name__} ({fam}): unicompress has not verified how this attention "
+                                "reshapes its heads, so they can be masked (remove_pruned: false) but not removed")
+    return FoundAttention(-1, *names, output, heads, d, kv, removable=verified, note=note, core=path, module=module,
+                          hidden=q_in, cross_named=cross, extra_rows=extra)
 
 
 def find_attention(model: nn.Module) -> list[FoundAttention]:
@@ -473,8 +466,7 @@ def discover(model: nn.Module, records: Optional[list] = None) -> Discovery:
         for j, f in enumerate(items):
             kind = "cross" if (f.cross_named or j > 0) else "self"
             removable, note = (False, shared_note) if shared else (f.removable, f.note)
-            attention.append(AttentionInfo(i, f.query, f.key, f.value, f.output, f.num_heads, f.head_dim,
-                                           f.num_kv_heads, kind, removable, note))
+            attention.append(f.numbered(i, kind, removable, note))
         rest = [(n, i_, o) for n, i_, o in linear if _under(n, block) and outside_attention(n)]
         pair = _ffn_in_block(rest, items[0].hidden or hidden)
         if pair is not None:

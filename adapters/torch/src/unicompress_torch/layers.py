@@ -9,12 +9,12 @@ transposed), nn.Embedding and packed Q/K/V projection. Layer names are module na
 Weights are in the neutral [out, in] layout (torch's own Linear layout; Conv1D weights are transposed).
 
 Roles come from ``unicompress.structure.assign_roles(records, structure)``: the structure that `discovery`
-finds from layer types and the config decides; the name patterns below are only the fallback for models
-without a recognised structure (and for embeddings, pooler and head names).
+finds from layer types and the config decides; the name rules are only the fallback for models
+without a recognised structure (and for embeddings, pooler and head names): the core's
+``unicompress.structure.role_from_name``, the same table on every backend.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
@@ -24,7 +24,7 @@ from torch import nn
 
 from unicompress.backend.types import LayerInfo, LayerStats, TransformerStructure, count_nonzero, known_names
 from unicompress.specs.selector import LayerRole
-from unicompress.structure import assign_roles
+from unicompress.structure import assign_roles, block_from_name, role_from_name
 
 from .discovery import discover as _discover, is_conv1d
 
@@ -53,45 +53,14 @@ class LayerRecord:
         return LayerInfo(self.name, self.kind, self.role, self.shape, self.block)
 
 
-# name suffix -> role: the fallback for models without a recognised structure; the first match wins
-_ROLE_PATTERNS: tuple[tuple[str, LayerRole], ...] = (
-    (r"(^|\.)attention\.self\.query$", LayerRole.query),
-    (r"(^|\.)attention\.self\.key$", LayerRole.key),
-    (r"(^|\.)attention\.self\.value$", LayerRole.value),
-    (r"(^|\.)attention\.output\.dense$", LayerRole.attention_output),
-    (r"(^|\.)intermediate\.dense$", LayerRole.ffn_in),
-    (r"(^|\.)output\.dense$", LayerRole.ffn_out),
-    (r"(^|\.)(q_proj|q_lin|query)$", LayerRole.query),
-    (r"(^|\.)(k_proj|k_lin|key)$", LayerRole.key),
-    (r"(^|\.)(v_proj|v_lin|value)$", LayerRole.value),
-    (r"(^|\.)(out_proj|o_proj|out_lin)$", LayerRole.attention_output),
-    (r"(^|\.)(linear1|fc1|lin1)$", LayerRole.ffn_in),
-    (r"(^|\.)(linear2|fc2|lin2)$", LayerRole.ffn_out),
-    (r"(^|\.)pooler(\.dense)?$", LayerRole.pooler),
-    (r"(^|\.)(classifier|lm_head|score|head)(\.out_proj)?$", LayerRole.classifier),
-    (r"(^|\.)embeddings?(\.|$)", LayerRole.embedding),
-)
-_BLOCK = re.compile(r"\.(?:layer|layers|blocks|block|h)\.(\d+)(?:\.|$)")
-
-
 def role_for(name: str, module: nn.Module, low_rank: frozenset = frozenset()) -> LayerRole:
     """The fallback role of a layer from its type and name (a low-rank part takes its container's name)."""
     if isinstance(module, nn.Embedding):
         return LayerRole.embedding
     if isinstance(module, nn.MultiheadAttention):
         return LayerRole.qkv
-    base = name
-    if name.endswith((".0", ".1")) and name[:-2] in low_rank:
-        base = name[:-2]
-    for pattern, role in _ROLE_PATTERNS:
-        if re.search(pattern, base):
-            return role
-    return LayerRole.other
-
-
-def block_of(name: str) -> Optional[int]:
-    match = _BLOCK.search("." + name)
-    return int(match.group(1)) if match else None
+    base = name[:-2] if name.endswith((".0", ".1")) and name[:-2] in low_rank else name
+    return role_from_name(base)
 
 
 def records(model: nn.Module) -> list[LayerRecord]:
@@ -102,12 +71,12 @@ def records(model: nn.Module) -> list[LayerRecord]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) or is_conv1d(module):
             out.append(LayerRecord(name, module, "weight", "linear", role_for(name, module, low_rank),
-                                   block_of(name), transposed=not isinstance(module, nn.Linear)))
+                                   block_from_name(name), transposed=not isinstance(module, nn.Linear)))
         elif isinstance(module, nn.Embedding):
-            out.append(LayerRecord(name, module, "weight", "embedding", LayerRole.embedding, block_of(name)))
+            out.append(LayerRecord(name, module, "weight", "embedding", LayerRole.embedding, block_from_name(name)))
         elif isinstance(module, nn.MultiheadAttention) and _has(module, "in_proj_weight"):
             out.append(LayerRecord(f"{name}.in_proj" if name else "in_proj", module, "in_proj_weight",
-                                   "packed_qkv", LayerRole.qkv, block_of(name)))
+                                   "packed_qkv", LayerRole.qkv, block_from_name(name)))
     return out
 
 

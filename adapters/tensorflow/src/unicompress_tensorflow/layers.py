@@ -14,7 +14,6 @@ from . import ensure_legacy_keras
 ensure_legacy_keras()
 
 import copy as _copy  # noqa: E402
-import re  # noqa: E402
 from contextlib import ExitStack  # noqa: E402
 import weakref  # noqa: E402
 from typing import Any, Iterator, Optional, Sequence  # noqa: E402
@@ -26,7 +25,7 @@ import tf_keras as keras  # noqa: E402
 from unicompress.backend.types import Inputs, LayerInfo, LayerStats, TransformerStructure, count_nonzero, \
     known_names  # noqa: E402
 from unicompress.specs.selector import LayerRole  # noqa: E402
-from unicompress.structure import assign_roles  # noqa: E402
+from unicompress.structure import assign_roles, block_from_name, role_from_name  # noqa: E402
 
 from . import discovery  # noqa: E402
 from .discovery import MHA_PARTS as _MHA_PARTS  # noqa: E402
@@ -35,27 +34,17 @@ from .models import FactorizedDense, custom_objects  # noqa: E402
 
 __all__ = ["unwrap", "is_graph_model", "named_layers", "layer_infos", "roles", "structure", "get_weights",
            "set_weights", "copy_model", "describe", "run", "to_tensors"]
-_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block|h)\.(\d+)\.")
 # A TFMOT QuantizeWrapper replaces its layer's `kernel` attribute by the fake-quantized tensor (and the
 # layer stops tracking the variable); the float variable lives in the wrapper's `_weight_vars`.
 _FLOAT_KERNELS: "weakref.WeakKeyDictionary[Any, tf.Variable]" = weakref.WeakKeyDictionary()
 
 
 def role_of(name: str, layer: Any) -> LayerRole:
-    """The Transformer role of a layer, read from its (HF-style) name."""
-    n = name.lower()
-    if isinstance(layer, keras.layers.Embedding) or "embedding" in n:
+    """The fallback role of a layer from its type and (HF-style) name: the core's `role_from_name`, the same table
+    on every backend; a low-rank factor ``<name>.0`` / ``<name>.1`` takes the role of the layer it replaced."""
+    if isinstance(layer, keras.layers.Embedding):
         return LayerRole.embedding
-    for suffix, role in ((".query", LayerRole.query), (".key", LayerRole.key), (".value", LayerRole.value),
-                         ("attention.output.dense", LayerRole.attention_output),
-                         ("intermediate.dense", LayerRole.ffn_in), ("output.dense", LayerRole.ffn_out)):
-        if n.endswith(suffix) or n.endswith(suffix + ".0") or n.endswith(suffix + ".1"):
-            return role
-    if n.startswith("classifier") or n.endswith("classifier"):
-        return LayerRole.classifier
-    if "pooler" in n:
-        return LayerRole.pooler
-    return LayerRole.other
+    return role_from_name(name[:-2] if name.endswith((".0", ".1")) else name)
 
 
 def _entries(model: Any) -> Iterator[tuple[str, Any]]:
@@ -165,8 +154,7 @@ def layer_infos(model: Any) -> list[LayerInfo]:
         if not layer.built:
             continue
         shape = _neutral_shape(layer, _kernel_var(layer).shape)
-        m = _BLOCK.search(name)
-        out.append(LayerInfo(name, kind_of(layer, top), role_of(name, layer), shape, int(m.group(1)) if m else None))
+        out.append(LayerInfo(name, kind_of(layer, top), role_of(name, layer), shape, block_from_name(name)))
     return out
 
 

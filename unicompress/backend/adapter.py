@@ -11,11 +11,11 @@ import importlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import MissingFrameworkError, Problem
+from ..errors import ImportOrderError, MissingFrameworkError, Problem
 from ..specs import TrainingSpec
 from .capabilities import Capabilities
 from .plan import StagePlan
@@ -79,6 +79,16 @@ class Adapter(abc.ABC):
     #: the names `build_model` builds (``unicompress.zoo``); the conformance suite runs a case only on a backend
     #: that builds its model ("user-encoder": the backend's own user architecture)
     zoo_models: ClassVar[tuple[str, ...]] = ("tiny-bert", "tiny-vit", "minilm-l6")
+    #: the adapter's own import package (``unicompress_torch``): `module()` imports its submodules on first use
+    package: ClassVar[str] = ""
+    #: framework modules `module()` imports first, in this order, failing with the pip command when one is missing
+    import_first: ClassVar[tuple[str, ...]] = ()
+    #: import-order constraints as data: (module already loaded, module not yet loaded) pairs under which loading
+    #: this framework would crash the process (TensorFlow before Paddle segfaults); `module()` raises
+    #: ImportOrderError naming them instead
+    import_conflicts: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: spec type -> (submodule of `package`, function(model, spec, data, ctx)): the default `handlers()`
+    handler_table: ClassVar[Mapping[type, tuple[str, str]]] = {}
 
     # ---- pure data: works without the framework -------------------------------------------
     @abc.abstractmethod
@@ -119,6 +129,26 @@ class Adapter(abc.ABC):
             except ImportError as exc:
                 raise MissingFrameworkError(self.name, self.requirements, exc) from exc
         return out
+
+    def module(self, name: str) -> Any:
+        """Import ``<package>.<name>`` (a module that imports the framework): import-order constraints first,
+        then `import_first` (with the pip command if missing), then `on_framework_loaded` once per process."""
+        for loaded, pending in self.import_conflicts:
+            if loaded in sys.modules and pending not in sys.modules:
+                raise ImportOrderError(f"{loaded} was imported before {pending} in this process; loading {pending} "
+                                       "now would crash the whole process. Fix: import "
+                                       f"{pending} before {loaded} (e.g. put `import {pending}` first in your "
+                                       f"script or notebook), or run the {self.name} backend in a separate process.")
+        self.require(*self.import_first)
+        cls = type(self)
+        if not cls.__dict__.get("_framework_loaded", False):
+            self.on_framework_loaded()
+            cls._framework_loaded = True
+        return importlib.import_module(f"{self.package}.{name}")
+
+    def on_framework_loaded(self) -> None:
+        """Run once per process before the first framework module loads (TensorFlow: a multi-worker strategy
+        must exist before the first op). Default: nothing."""
 
     # ---- model plumbing ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -164,9 +194,10 @@ class Adapter(abc.ABC):
         """Per-layer shape, parameters, non-zeros and bits."""
 
     # ---- compression --------------------------------------------------------------------------
-    @abc.abstractmethod
     def handlers(self) -> dict[type, Callable[..., Any]]:
-        """Map spec type -> handler(model, spec, data, ctx) -> compressed model."""
+        """Map spec type -> handler(model, spec, data, ctx) -> compressed model (default: `handler_table`,
+        each function imported through `module()` on its first call)."""
+        return {spec_type: _LazyHandler(self, mod, fn) for spec_type, (mod, fn) in self.handler_table.items()}
 
     def apply(self, model: Any, spec: Any, data: Optional[TaskData] = None,
               ctx: Optional[StageContext] = None) -> Any:
@@ -204,9 +235,26 @@ class Adapter(abc.ABC):
         raise NotImplementedError(f"{self.name} has no native export yet")
 
     # ---- models from the zoo -------------------------------------------------------------------
-    def build_model(self, zoo: str, **kwargs: Any) -> Any:
-        """Build a named model of the zoo (e.g. ``minilm-l6``) in this framework."""
+    def build_model(self, zoo: str, *, seed: int = 0, num_labels: Optional[int] = None,
+                    weights: Optional[Mapping[str, np.ndarray]] = None, **options: Any) -> Any:
+        """Build a named model of the zoo (e.g. ``minilm-l6``, `zoo_models`) in this framework: random weights
+        from `seed`, a head of `num_labels` classes, or the neutral `weights` (``unicompress.zoo`` names);
+        `options` are backend-specific."""
         raise NotImplementedError(f"{self.name} cannot build zoo model {zoo!r}")
+
+
+class _LazyHandler:
+    """A handler that imports its adapter module only when called (so `handlers()` needs no framework)."""
+
+    def __init__(self, adapter: Adapter, module: str, function: str):
+        self.adapter, self.module, self.function = adapter, module, function
+        self.__name__ = f"{module}.{function}"
+
+    def __call__(self, model: Any, spec: Any, data: Optional[TaskData], ctx: StageContext) -> Any:
+        return getattr(self.adapter.module(self.module), self.function)(model, spec, data, ctx)
+
+    def __repr__(self) -> str:
+        return f"<handler {self.adapter.package}.{self.__name__}>"
 
 
 def framework_imported(module: str) -> bool:

@@ -6,9 +6,8 @@ carry the plan out on the graph: numpy on the weight initializers for pruning an
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -19,14 +18,6 @@ from unicompress.errors import CapabilityError, Problem
 from unicompress.specs import LowRankSpec, PruningSpec, QuantizationSpec
 
 from .capabilities import onnx_capabilities
-
-
-def _lazy(module: str, function: str) -> Callable[..., Any]:
-    """A handler that imports `unicompress_onnx.<module>` only when it is called."""
-    def handler(model: Any, spec: Any, data: Optional[TaskData], ctx: StageContext) -> Any:
-        return getattr(importlib.import_module(f"unicompress_onnx.{module}"), function)(model, spec, data, ctx)
-    handler.__name__ = f"{module}.{function}"
-    return handler
 
 
 class OnnxAdapter(Adapter):
@@ -42,9 +33,10 @@ class OnnxAdapter(Adapter):
     weight_kinds = frozenset({"linear"})
     zoo_models = ("tiny-bert", "tiny-vit", "minilm-l6", "user-encoder")
 
-    def _mod(self, name: str) -> Any:
-        self.require("onnx", "onnxruntime")
-        return importlib.import_module(f"unicompress_onnx.{name}")
+    package = "unicompress_onnx"
+    import_first = ("onnx", "onnxruntime")
+    handler_table = {PruningSpec: ("pruning", "apply_pruning"), QuantizationSpec: ("quantization", "apply_quantization"),
+                     LowRankSpec: ("lowrank", "apply_low_rank")}
 
     def capabilities(self) -> Capabilities:
         return onnx_capabilities()
@@ -72,29 +64,22 @@ class OnnxAdapter(Adapter):
         return out
 
     def layers(self, model: Any) -> list[LayerInfo]:
-        return self._mod("layers").layer_infos(model)
+        return self.module("layers").layer_infos(model)
 
     def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
-        return self._mod("layers").weights(model, names)
+        return self.module("layers").weights(model, names)
 
     def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
-        self._mod("layers").set_weights(model, weights)
+        self.module("layers").set_weights(model, weights)
 
     def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
-        return self._mod("layers").quantized_weights(model)
+        return self.module("layers").quantized_weights(model)
 
     def run(self, model: Any, inputs: Inputs) -> np.ndarray:
-        return self._mod("runtime").run(model, inputs)
+        return self.module("runtime").run(model, inputs)
 
     def describe(self, model: Any) -> list[LayerStats]:
-        return self._mod("layers").describe(model)
-
-    def handlers(self) -> dict[type, Callable[..., Any]]:
-        return {
-            PruningSpec: _lazy("pruning", "apply_pruning"),
-            QuantizationSpec: _lazy("quantization", "apply_quantization"),
-            LowRankSpec: _lazy("lowrank", "apply_low_rank"),
-        }
+        return self.module("layers").describe(model)
 
     def apply(self, model: Any, spec: Any, data: Optional[TaskData] = None,
               ctx: Optional[StageContext] = None) -> Any:
@@ -106,7 +91,7 @@ class OnnxAdapter(Adapter):
         return super().apply(model, spec, data, ctx)
 
     def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
-        return self._mod("runtime").export_onnx(model, path)
+        return self.module("runtime").export_onnx(model, path)
 
     def build_model(self, zoo: str, **kwargs: Any) -> Any:
-        return self._mod("models").build_model(zoo, **kwargs)
+        return self.module("models").build_model(zoo, **kwargs)

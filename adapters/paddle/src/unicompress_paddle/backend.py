@@ -1,15 +1,14 @@
 """PaddleAdapter: the unicompress backend for paddle.nn.Layer models (entry point `paddle`).
 
 This module imports no framework: `unicompress backends` lists the capabilities without Paddle.
-Framework modules load on first use through `_fw()`, which first checks the import order
+Framework modules load on first use through `Adapter.module()`, which first checks the import order
 (TensorFlow before Paddle in one process segfaults; we raise ImportOrderError instead).
 """
 from __future__ import annotations
 
 import copy
-import importlib
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -31,10 +30,12 @@ class PaddleAdapter(Adapter):
     weight_kinds = frozenset({"linear"})  # Linear weights (Embeddings are neither pruned nor quantized here)
     zoo_models = ("tiny-bert", "tiny-vit", "minilm-l6", "user-encoder")  # user-encoder: models.UserEncoderClassifier
 
-    def _fw(self, module: str) -> Any:
-        """Import one of this adapter's framework modules (import-order guard first, then Paddle)."""
-        self.require("unicompress_paddle.compat")
-        return importlib.import_module(f"unicompress_paddle.{module}")
+    package = "unicompress_paddle"
+    import_conflicts = (("tensorflow", "paddle"),)  # TensorFlow loaded before Paddle: Paddle's core segfaults
+    import_first = ("unicompress_paddle.compat",)  # paddle itself, PaddleSlim's import warnings silenced
+    handler_table = {PruningSpec: ("pruning", "prune"), QuantizationSpec: ("quantization", "quantize"),
+                     DistillationSpec: ("distillation", "distill"), LowRankSpec: ("lowrank", "factorize"),
+                     FineTuneSpec: ("training", "finetune")}
 
 
     def capabilities(self) -> Capabilities:
@@ -44,43 +45,34 @@ class PaddleAdapter(Adapter):
         return copy.deepcopy(model)
 
     def layers(self, model: Any) -> list[LayerInfo]:
-        return self._fw("layers").layer_infos(model)
+        return self.module("layers").layer_infos(model)
 
     def structure(self, model: Any) -> Optional[TransformerStructure]:
-        return self._fw("layers").structure(model)
+        return self.module("layers").structure(model)
 
     def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
-        return self._fw("layers").weights(model, names)
+        return self.module("layers").weights(model, names)
 
     def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
-        self._fw("layers").set_weights(model, weights)
+        self.module("layers").set_weights(model, weights)
 
     def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
-        return self._fw("quantization").quantized_weights(model)
+        return self.module("quantization").quantized_weights(model)
 
     def run(self, model: Any, inputs: Inputs) -> np.ndarray:
-        return self._fw("layers").run(model, inputs)
+        return self.module("layers").run(model, inputs)
 
     def describe(self, model: Any) -> list[LayerStats]:
-        return self._fw("layers").describe(model)
-
-    def handlers(self) -> dict[type, Callable[..., Any]]:
-        return {
-            PruningSpec: lambda m, s, d, c: self._fw("pruning").prune(m, s, d, c),
-            QuantizationSpec: lambda m, s, d, c: self._fw("quantization").quantize(m, s, d, c),
-            DistillationSpec: lambda m, s, d, c: self._fw("distillation").distill(m, s, d, c),
-            LowRankSpec: lambda m, s, d, c: self._fw("lowrank").factorize(m, s, d, c),
-            FineTuneSpec: lambda m, s, d, c: self._fw("training").finetune(m, s, d, c),
-        }
+        return self.module("layers").describe(model)
 
     def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
-        return self._fw("export").export_onnx(model, Path(path), example, opset)
+        return self.module("export").export_onnx(model, Path(path), example, opset)
 
     def export_native(self, model: Any, directory: Path) -> Path:
-        return self._fw("export").export_native(model, Path(directory))
+        return self.module("export").export_native(model, Path(directory))
 
     def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
-        return self._fw("models").neutral_weights(model)
+        return self.module("models").neutral_weights(model)
 
     def build_model(self, zoo: str, **kwargs: Any) -> Any:
-        return self._fw("models").build_model(zoo, **kwargs)
+        return self.module("models").build_model(zoo, **kwargs)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from unicompress.backend.adapter import Adapter
 from unicompress.backend.capabilities import Capabilities
 from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TransformerStructure
 from unicompress.errors import Problem
+from unicompress.specs import DistillationSpec, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec
 
 from .capabilities import dynamic_range_refusals, tensorflow_capabilities
 
@@ -26,16 +27,16 @@ class TensorFlowAdapter(Adapter):
                     "tensorflow-model-optimization==0.8.1", "tf2onnx==1.17.0")
     framework_modules = ("tf_keras", "keras", "tensorflow", "unicompress_tensorflow")
     zoo_models = ("tiny-bert", "tiny-vit", "minilm-l6", "user-encoder")
-    _started = False  # start_if_worker ran (once per process)
+    package = "unicompress_tensorflow"
+    import_first = ("tensorflow", "tf_keras", "tensorflow_model_optimization")
+    handler_table = {PruningSpec: ("pruning", "apply_pruning"),
+                     QuantizationSpec: ("quantization", "apply_quantization"),
+                     DistillationSpec: ("distillation", "apply_distillation"),
+                     LowRankSpec: ("lowrank", "apply_low_rank"), FineTuneSpec: ("training", "apply_finetune")}
 
-    def _mod(self, name: str) -> Any:
-        """Import one of this package's framework modules, or fail with the pip command."""
-        self.require("tensorflow", "tf_keras", "tensorflow_model_optimization")
-        if not self._started:
-            # a TF_CONFIG worker must create its MultiWorkerMirroredStrategy before TensorFlow's first op
-            importlib.import_module("unicompress_tensorflow.distributed").start_if_worker()
-            TensorFlowAdapter._started = True
-        return importlib.import_module(f"unicompress_tensorflow.{name}")
+    def on_framework_loaded(self) -> None:
+        # a TF_CONFIG worker must create its MultiWorkerMirroredStrategy before TensorFlow's first op
+        importlib.import_module("unicompress_tensorflow.distributed").start_if_worker()
 
     # ---- data ----------------------------------------------------------------------------------
     #: Dense ("linear"), MultiHeadAttention's EinsumDense projections and Dense layers inside a nested model are
@@ -76,47 +77,47 @@ class TensorFlowAdapter(Adapter):
         if self._is_tflite(model):
             return model.keras_model
         if _is_keras3(model):
-            return self._mod("keras3").twin(model)
+            return self.module("keras3").twin(model)
         return model
 
     def copy(self, model: Any) -> Any:
         if self._is_tflite(model):
             return model.copy()
         if _is_keras3(model):
-            return self._mod("keras3").to_tf_keras(model)
-        return self._mod("layers").copy_model(model)
+            return self.module("keras3").to_tf_keras(model)
+        return self.module("layers").copy_model(model)
 
     def layers(self, model: Any) -> list[LayerInfo]:
         """Every compressible layer; roles from the discovered structure (`assign_roles`), names as fallback."""
-        return self._mod("layers").roles(self._keras(model))
+        return self.module("layers").roles(self._keras(model))
 
     def structure(self, model: Any) -> Optional[TransformerStructure]:
-        return self._mod("layers").structure(self._keras(model))
+        return self.module("layers").structure(self._keras(model))
 
     def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
         if self._is_tflite(model):
             return model.dequantized_weights(names)
-        return self._mod("layers").get_weights(self._keras(model), names)
+        return self.module("layers").get_weights(self._keras(model), names)
 
     def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
         if self._is_tflite(model):
             raise TypeError("a TFLite flatbuffer is read-only; set weights before quantizing")
-        self._mod("layers").set_weights(self._keras(model), weights)
+        self.module("layers").set_weights(self._keras(model), weights)
         if _is_keras3(model):
-            self._mod("keras3").write_back(model)
+            self.module("keras3").write_back(model)
 
     def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
-        return self._mod("quantization").quantized_weights(model if self._is_tflite(model) else self._keras(model))
+        return self.module("quantization").quantized_weights(model if self._is_tflite(model) else self._keras(model))
 
     def run(self, model: Any, inputs: Inputs) -> np.ndarray:
         if self._is_tflite(model):
             return model.run(inputs)
         if _is_keras3(model):
-            return self._mod("keras3").run(model, inputs)
-        return self._mod("layers").run(model, inputs)
+            return self.module("keras3").run(model, inputs)
+        return self.module("layers").run(model, inputs)
 
     def describe(self, model: Any) -> list[LayerStats]:
-        return self._mod("quantization").describe(model if self._is_tflite(model) else self._keras(model))
+        return self.module("quantization").describe(model if self._is_tflite(model) else self._keras(model))
 
     def apply(self, model: Any, spec: Any, data: Any = None, ctx: Any = None) -> Any:
         """As `Adapter.apply`; a Keras 3 model is rebuilt as tf_keras first (the stages run on that)."""
@@ -125,33 +126,21 @@ class TensorFlowAdapter(Adapter):
         return super().apply(model, spec, data, ctx)
 
     # ---- compression ---------------------------------------------------------------------------
-    def handlers(self) -> dict[type, Callable[..., Any]]:
-        from unicompress.specs import (DistillationSpec, FineTuneSpec, LowRankSpec, PruningSpec,
-                                       QuantizationSpec)
-
-        return {
-            PruningSpec: lambda *a: self._mod("pruning").apply_pruning(*a),
-            QuantizationSpec: lambda *a: self._mod("quantization").apply_quantization(*a),
-            DistillationSpec: lambda *a: self._mod("distillation").apply_distillation(*a),
-            LowRankSpec: lambda *a: self._mod("lowrank").apply_low_rank(*a),
-            FineTuneSpec: lambda *a: self._mod("training").apply_finetune(*a),
-        }
-
     # ---- export --------------------------------------------------------------------------------
     def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
-        return self._mod("export").export_onnx(model if self._is_tflite(model) else self._keras(model), Path(path),
+        return self.module("export").export_onnx(model if self._is_tflite(model) else self._keras(model), Path(path),
                                                example, opset)
 
     def export_native(self, model: Any, directory: Path) -> Path:
-        return self._mod("export").export_native(model if self._is_tflite(model) else self._keras(model),
+        return self.module("export").export_native(model if self._is_tflite(model) else self._keras(model),
                                                  Path(directory))
 
     # ---- zoo -----------------------------------------------------------------------------------
     def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
-        return self._mod("models").neutral_weights(model)
+        return self.module("models").neutral_weights(model)
 
     def build_model(self, zoo: str, **kwargs: Any) -> Any:
-        return self._mod("models").build_model(zoo, **kwargs)
+        return self.module("models").build_model(zoo, **kwargs)
 
     @staticmethod
     def _is_tflite(model: Any) -> bool:

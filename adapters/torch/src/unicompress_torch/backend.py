@@ -6,27 +6,18 @@ Every method imports its framework module (layers, pruning, ...) on first use, s
 from __future__ import annotations
 
 import copy as _copy
-import importlib
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from unicompress.backend.adapter import Adapter, StageContext
+from unicompress.backend.adapter import Adapter
 from unicompress.backend.capabilities import Capabilities
 from unicompress.errors import Problem
-from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TaskData, TransformerStructure
+from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TransformerStructure
 from unicompress.specs import DistillationSpec, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec
 
 from .capabilities import torch_capabilities
-
-
-def _lazy(module: str, function: str) -> Callable[..., Any]:
-    """A handler that imports `unicompress_torch.<module>` only when it is called."""
-    def handler(model: Any, spec: Any, data: Optional[TaskData], ctx: StageContext) -> Any:
-        return getattr(importlib.import_module(f"unicompress_torch.{module}"), function)(model, spec, data, ctx)
-    handler.__name__ = f"{module}.{function}"
-    return handler
 
 
 class TorchAdapter(Adapter):
@@ -40,9 +31,12 @@ class TorchAdapter(Adapter):
     framework_modules = ("torch", "transformers")
     zoo_models = ("tiny-bert", "tiny-vit", "minilm-l6", "user-encoder")  # user-encoder: an HF MPNet (models.py)
 
-    def _mod(self, name: str) -> Any:
-        self.require("torch")
-        return importlib.import_module(f"unicompress_torch.{name}")
+    package = "unicompress_torch"
+    import_first = ("torch",)
+    handler_table = {PruningSpec: ("pruning", "apply_pruning"), LowRankSpec: ("lowrank", "apply_low_rank"),
+                     FineTuneSpec: ("training", "apply_finetune"),
+                     QuantizationSpec: ("quantization", "apply_quantization"),
+                     DistillationSpec: ("distillation", "apply_distillation")}
 
     # ---- pure data ----------------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
@@ -73,26 +67,26 @@ class TorchAdapter(Adapter):
         return _copy.deepcopy(model)
 
     def layers(self, model: Any) -> list[LayerInfo]:
-        return [r.info() for r in self._mod("layers").discover(model)]
+        return [r.info() for r in self.module("layers").discover(model)]
 
     def structure(self, model: Any) -> Optional[TransformerStructure]:
-        return self._mod("layers").structure(model)
+        return self.module("layers").structure(model)
 
     def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
         quant = self._quantization()
         if quant is not None and quant.is_quantized(model):  # quantized layers are no nn.Linear any more
             return quant.dequantized_weights(model, list(names) if names is not None else None)
-        return self._mod("layers").weights(model, names)
+        return self.module("layers").weights(model, names)
 
     def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
-        self._mod("layers").set_weights(model, weights)
+        self.module("layers").set_weights(model, weights)
 
     def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
-        return self._mod("quantization").quantized_weights(model)
+        return self.module("quantization").quantized_weights(model)
 
     def run(self, model: Any, inputs: Inputs) -> np.ndarray:
         torch, = self.require("torch")
-        training = self._mod("training")
+        training = self.module("training")
         was_training = model.training
         model.eval()
         try:
@@ -106,37 +100,28 @@ class TorchAdapter(Adapter):
         quant = self._quantization()
         if quant is not None and hasattr(quant, "describe") and quant.is_quantized(model):
             return quant.describe(model)
-        return self._mod("layers").describe(model)
+        return self.module("layers").describe(model)
 
     def _quantization(self) -> Any:
         try:
-            return self._mod("quantization")
+            return self.module("quantization")
         except ImportError:
             return None
 
     # ---- compression ---------------------------------------------------------------------------
-    def handlers(self) -> dict[type, Callable[..., Any]]:
-        return {
-            PruningSpec: _lazy("pruning", "apply_pruning"),
-            LowRankSpec: _lazy("lowrank", "apply_low_rank"),
-            FineTuneSpec: _lazy("training", "apply_finetune"),
-            QuantizationSpec: _lazy("quantization", "apply_quantization"),
-            DistillationSpec: _lazy("distillation", "apply_distillation"),
-        }
-
     # ---- export ---------------------------------------------------------------------------------
     def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
         quant = self._quantization()
         if quant is not None and quant.is_quantized(model):
             return quant.export_onnx(model, path, example, opset)
-        return self._mod("export").export_onnx(model, path, example, opset)
+        return self.module("export").export_onnx(model, path, example, opset)
 
     def export_native(self, model: Any, directory: Path) -> Path:
-        return self._mod("export").export_native(model, directory)
+        return self.module("export").export_native(model, directory)
 
     # ---- zoo -------------------------------------------------------------------------------------
     def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
-        return self._mod("models").neutral_weights(model)
+        return self.module("models").neutral_weights(model)
 
     def build_model(self, zoo: str, **kwargs: Any) -> Any:
-        return self._mod("models").build_model(zoo, **kwargs)
+        return self.module("models").build_model(zoo, **kwargs)

@@ -277,7 +277,7 @@ def test_l0_gates_learn_and_prune_to_target(granularity, kw):
     copy = A.copy(model)
     pruner = GradualPruner(copy, spec)
     gates = list(pruner.gates.values())
-    assert gates and all(torch.nn.utils.parametrize.is_parametrized(g._target.module) for g in gates)
+    assert gates and all(torch.nn.utils.parametrize.is_parametrized(g.target.module) for g in gates)
     from unicompress_torch.training import train_loop
     train_loop(copy, task_data(), spec.training, StageContext(), loss_fn=pruner.loss_fn(), on_step=pruner.step,
                extra_params=pruner.extra_params())

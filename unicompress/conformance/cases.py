@@ -228,6 +228,12 @@ def _pruning_cases() -> list[Case]:
                                     "end_step": 10, "frequency": 2, "power": 3.0},
             training=_train(12)), PRUNE_TRAINED + ("schedule",),
             description="gradual magnitude pruning; ctx.history['sparsity'] must follow the polynomial"),
+        Case("pruning/polynomial-end-off-frequency", PruningSpec(
+            sparsity=0.6, schedule={"kind": "polynomial", "initial_sparsity": 0.0, "begin_step": 0,
+                                    "end_step": 9, "frequency": 4, "power": 3.0},
+            training=_train(12)), PRUNE_TRAINED + ("schedule",),
+            description="end_step 9 off the frequency 4: the masks are still updated at end_step and reach the "
+                        "target there (TFMOT alone would stop at step 8, below it)"),
     ] + _edge_cases()
     for crit in ("movement", "l1_regularized", "l0_regularized"):
         c.append(Case(f"pruning/{crit.replace('_', '-')}-50", PruningSpec(

@@ -434,8 +434,9 @@ def check_schedule(adapter, o: Outcome) -> CheckResult:
     errs = schedule_errors(points, spec.target_sparsity, sch.initial_sparsity, sch.begin_step, sch.end_step,
                            sch.power)
     fails = [f"step {s}: sparsity {v:.4f}, schedule says {e:.4f}" for s, v, e in errs if abs(v - e) > tol]
-    if max(s for s, _ in points) < sch.end_step - sch.frequency:
-        fails.append(f"last logged step {max(s for s, _ in points)} is before end_step {sch.end_step}")
+    if sch.end_step not in {s for s, _ in points}:  # the reference's rule: the masks are updated at end_step
+        fails.append(f"no mask update logged at end_step {sch.end_step} (last at {max(s for s, _ in points)}): "
+                     "the rule is every frequency steps from begin_step and at end_step (mask_update_due)")
     final = sorted(points)[-1][1]
     if abs(final - spec.target_sparsity) > tol:
         fails.append(f"final logged sparsity {final:.4f}, target {spec.target_sparsity:.4f}")

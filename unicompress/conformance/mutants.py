@@ -70,6 +70,9 @@ MUTATIONS: dict[str, Mutation] = {
                               (("pruning/head-99-refused", "refused"),)),
     "clamped_block": Mutation("shrinks a block larger than a layer to the layer instead of refusing",
                               (("pruning/block-64x64-refused", "refused"),)),
+    "aligned_end_step": Mutation("ends a polynomial schedule at the last step on the frequency (TFMOT's own rule: "
+                                 "end_step 9 with frequency 4 stops updating at 8)",
+                                 (("pruning/polynomial-end-off-frequency", "schedule"),)),
     "false_claim": Mutation("claims every row of the spec universe", contract="claims"),
     "dirty_failure": Mutation("works in place and scribbles on the model when a stage fails",
                               contract="failure_isolation"),
@@ -161,6 +164,11 @@ class MutantAdapter(Adapter):
                 and spec.layer_map is None and {DistillKind.feature, DistillKind.relation} & set(spec.kinds):
             spec = _wrong_layer_map(spec, self._depth(ctx.teacher if ctx.teacher is not None else model),
                                     kept=m == "kept_layers_map")
+        elif m == "aligned_end_step" and isinstance(spec, PruningSpec) and spec.schedule.kind.value == "polynomial":
+            sch = spec.schedule
+            aligned = sch.begin_step + (sch.end_step - sch.begin_step) // sch.frequency * sch.frequency
+            if aligned > sch.begin_step and aligned != sch.end_step:
+                spec = spec.model_copy(update={"schedule": sch.model_copy(update={"end_step": aligned})})
         elif m in ("clamped_nm", "capped_nm", "clamped_heads", "clamped_block") and isinstance(spec, PruningSpec):
             spec = _clamped(spec, m, self.structure(model),
                             [layer.shape for layer in spec.selector.select(self.layers(model))])

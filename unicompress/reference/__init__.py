@@ -3,11 +3,11 @@ and the suite compares every backend with it; adapters execute the plan and do n
 from . import lowrank, pruning, quantization
 from .lowrank import optimal_error, rank_for, rank_for_energy, saves_parameters, truncated_svd
 from .pruning import (block_mask, global_magnitude_masks, head_mask, head_scores, magnitude_mask, neuron_mask,
-                      nm_mask, polynomial_sparsity, sparsity_of)
+                      mask_update_due, nm_mask, polynomial_sparsity, sparsity_of)
 from .quantization import (linear_qparams, log_dequantize, log_quantize, qrange, quantize_weight,
                            value_range)
 
 __all__ = ["lowrank", "pruning", "quantization", "optimal_error", "rank_for", "rank_for_energy", "saves_parameters",
            "truncated_svd", "block_mask", "global_magnitude_masks", "head_mask", "head_scores", "magnitude_mask",
-           "neuron_mask", "nm_mask", "polynomial_sparsity", "sparsity_of", "linear_qparams", "log_dequantize",
+           "neuron_mask", "mask_update_due", "nm_mask", "polynomial_sparsity", "sparsity_of", "linear_qparams", "log_dequantize",
            "log_quantize", "qrange", "quantize_weight", "value_range"]

@@ -124,6 +124,16 @@ def polynomial_sparsity(step: int, final: float, initial: float = 0.0, begin: in
     return final + (initial - final) * (1.0 - progress) ** power
 
 
+def mask_update_due(step: int, begin: int, end: int, frequency: int) -> bool:
+    """Whether a polynomial schedule updates the masks at `step`: every `frequency` steps from `begin` up to `end`,
+    and at `end` itself, so the final sparsity is reached at `end_step` whatever the frequency (TFMOT alone skips
+    `end` when ``(end - begin) % frequency != 0``; the TensorFlow backend adds it).
+
+    Example: ``[s for s in range(12) if mask_update_due(s, 0, 10, 4)] == [0, 4, 8, 10]``.
+    """
+    return begin <= step <= end and ((step - begin) % frequency == 0 or step == end)
+
+
 def sparsity_of(x: np.ndarray) -> float:
     """Fraction of exact zeros."""
     return float((x == 0).sum() / x.size) if x.size else 0.0

@@ -16,7 +16,7 @@ import numpy as np
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.plan import StagePlan
 from unicompress.backend.types import AttentionInfo, FFNInfo, TaskData, count_nonzero
-from unicompress.reference.pruning import polynomial_sparsity
+from unicompress.reference.pruning import mask_update_due, polynomial_sparsity
 from unicompress.specs import Criterion, Granularity, PruningSpec, ScheduleKind, Scope
 
 from . import compat
@@ -101,7 +101,7 @@ def _magnitude(model: Any, spec: PruningSpec, data: TaskData, ctx: StageContext)
         pruner = _unstructured_pruner(model, layers, spec, sched.initial_sparsity)
 
         def on_step(step: int) -> None:
-            if step < sched.begin_step or step > sched.end_step or (step - sched.begin_step) % sched.frequency:
+            if not mask_update_due(step, sched.begin_step, sched.end_step, sched.frequency):
                 return
             pruner.ratio = polynomial_sparsity(step, spec.target_sparsity, sched.initial_sparsity,
                                                sched.begin_step, sched.end_step, sched.power)
@@ -278,7 +278,7 @@ def _structured(model: Any, spec: PruningSpec, data: TaskData, ctx: StageContext
     sched = spec.schedule
     if sched.kind is ScheduleKind.polynomial:
         def on_step(step: int) -> None:
-            if step < sched.begin_step or step > sched.end_step or (step - sched.begin_step) % sched.frequency:
+            if not mask_update_due(step, sched.begin_step, sched.end_step, sched.frequency):
                 return
             ratio = polynomial_sparsity(step, spec.target_sparsity, sched.initial_sparsity,
                                         sched.begin_step, sched.end_step, sched.power)

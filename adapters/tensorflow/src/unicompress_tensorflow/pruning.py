@@ -11,8 +11,9 @@ rebuild (`structured.py`). Every selected layer's achieved sparsity is checked a
 
 TFMOT pitfalls handled here:
 - a schedule updates the masks only on steps where (step - begin_step) % frequency == 0; the default
-  frequency=100 prunes nothing in a short run. We always pass the spec's frequency (default 1) and
-  verify the achieved sparsity.
+  frequency=100 prunes nothing in a short run, and end_step is skipped unless it lands on the frequency. We
+  always pass the spec's frequency (default 1), add the end_step update (`PolynomialDecayToEnd`, the core's
+  `mask_update_due`) and verify the achieved sparsity.
 - N:M masks are computed only at pruning step 1 (whatever the schedule).
 - Dense kernels are [in, out]: TFMOT transposes for N:M (groups run along the input dim, as ours), and
   `block_size` is in kernel layout, so a neutral (rows, cols) block is TFMOT's (cols, rows).
@@ -60,12 +61,22 @@ def selected_dense(model: Any, spec: PruningSpec) -> list[str]:
     return list(plan_stage(TensorFlowAdapter(), model, spec).selected)
 
 
+class PolynomialDecayToEnd(sparsity.PolynomialDecay):
+    """TFMOT's PolynomialDecay that also updates the masks at `end_step`: the core's rule
+    (`unicompress.reference.pruning.mask_update_due`), so the final sparsity is reached at end_step whatever the
+    frequency. TFMOT alone skips end_step when (end_step - begin_step) % frequency != 0 and stops below target."""
+
+    def _should_prune_in_step(self, step, begin_step, end_step, frequency):
+        regular = super()._should_prune_in_step(step, begin_step, end_step, frequency)
+        return tf.math.logical_or(regular, tf.math.equal(step, end_step))
+
+
 def schedule_for(spec: PruningSpec) -> sparsity.PruningSchedule:
     """The TFMOT schedule of the spec (always with the spec's frequency; TFMOT's default is 100)."""
     s = spec.schedule
     if s.kind is ScheduleKind.one_shot:
         return sparsity.ConstantSparsity(spec.target_sparsity, begin_step=0, frequency=1)
-    return sparsity.PolynomialDecay(initial_sparsity=s.initial_sparsity, final_sparsity=spec.target_sparsity,
+    return PolynomialDecayToEnd(initial_sparsity=s.initial_sparsity, final_sparsity=spec.target_sparsity,
                                     begin_step=s.begin_step, end_step=s.end_step, power=s.power,
                                     frequency=s.frequency)
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from unicompress.backend.adapter import StageContext
-from unicompress.reference.pruning import polynomial_sparsity
+from unicompress.reference.pruning import mask_update_due, polynomial_sparsity
 from unicompress.specs import Criterion, Granularity, PruningSpec, ScheduleKind
 
 from . import removal
@@ -67,11 +67,10 @@ class GradualPruner:
                                    sch.end_step, sch.power)
 
     def due(self, step: int) -> bool:
-        """Whether the masks are updated at `step`: every `frequency` steps from `begin_step`, and at `end_step`."""
+        """Whether the masks are updated at `step` (the reference's rule, `mask_update_due`)."""
         sch = self.spec.schedule
-        if sch.kind is not ScheduleKind.polynomial or step < sch.begin_step or step > sch.end_step:
-            return False
-        return (step - sch.begin_step) % sch.frequency == 0 or step == sch.end_step
+        return sch.kind is ScheduleKind.polynomial and mask_update_due(step, sch.begin_step, sch.end_step,
+                                                                        sch.frequency)
 
     def step(self, step: int) -> Optional[float]:
         """Update the masks if the schedule says so; returns the achieved sparsity when it did."""

@@ -176,6 +176,9 @@ def test_selected_layers_of_a_kind_the_backend_cannot_change_are_refused_or_list
     partial = PruningSpec(sparsity=0.5, selector={"roles": ["embedding", "ffn_in"], "allow_partial": True})
     plan = plan_stage(WithEmbedding(), NumpyTransformer(), partial)
     assert plan.selected == ("mlp.up",) and plan.skipped[0][0] == "tok"
+    only = PruningSpec(sparsity=0.5, selector={"roles": ["embedding"], "allow_partial": True})
+    with pytest.raises(LayerSelectionError, match="(?s)none of which backend .* can change.*tok"):
+        plan_stage(WithEmbedding(), NumpyTransformer(), only)  # a stage that would change nothing is refused
 
 
 def test_head_plan_lists_the_layers_it_leaves_alone():

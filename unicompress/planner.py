@@ -88,11 +88,11 @@ def plan_stage(adapter: Any, model: Any, spec: Any, index: int = 0,
         settings = {layer.name: layer_settings(spec, layer.name) for layer in usable}
         skipped_by_override = tuple((n, "override skip: kept float") for n, s in settings.items() if s["skip"])
         selected = tuple(layer.name for layer in usable if not settings[layer.name]["skip"])
-        _refuse_partial(where, selector, partial, adapter)
+        _refuse_partial(where, selector, partial, adapter, len(usable))
         return StagePlan(index, spec.technique, selected, layers, st, skipped=tuple(partial) + skipped_by_override,
                          settings={n: settings[n] for n in selected})
     if isinstance(spec, LowRankSpec):
-        _refuse_partial(where, selector, partial, adapter)
+        _refuse_partial(where, selector, partial, adapter, len(usable))
         return _plan_low_rank(adapter, model, spec, index, layers, usable, partial, st)
     return StagePlan(index, spec.technique, tuple(layer.name for layer in chosen), layers, st)
 
@@ -104,7 +104,7 @@ def _plan_pruning(adapter: Any, spec: PruningSpec, index: int, layers: Sequence[
     g = spec.granularity
     if g in (Granularity.unstructured, Granularity.n_m, Granularity.block):
         usable, partial = _split_kinds(chosen, adapter.weight_kinds_for(spec))
-        _refuse_partial(where, spec.selector, partial, adapter)
+        _refuse_partial(where, spec.selector, partial, adapter, len(usable))
         problems = _shape_problems(where, spec, usable)
         if problems:
             raise SpecValidationError(problems)
@@ -141,6 +141,12 @@ def _plan_heads(spec: PruningSpec, index: int, layers: Sequence[LayerInfo], chos
                                     f"block {a.block} shares each K/V head among {group} query heads (grouped-query "
                                     f"attention): heads are pruned per group, and {spec.sparsity} of {group} rounds "
                                     f"to none; use sparsity >= {0.5 / group:.3f}"))
+            break
+        if a.kv_heads != a.num_heads and round(spec.target_sparsity * group) >= group:
+            problems.append(Problem(f"{where}.sparsity", spec.sparsity,
+                                    f"block {a.block} shares each K/V head among {group} query heads (grouped-query "
+                                    f"attention): heads are pruned per group, and {spec.sparsity} of {group} removes "
+                                    f"every head of a group; use sparsity < {(group - 0.5) / group:.3f}"))
             break
         if k >= a.num_heads:
             problems.append(Problem(f"{where}.sparsity", spec.sparsity,
@@ -269,11 +275,17 @@ def _split_kinds(chosen: Sequence[LayerInfo], kinds) -> tuple[list[LayerInfo], l
     return usable, partial
 
 
-def _refuse_partial(where: str, selector: Any, partial: list[tuple[str, str]], adapter: Any) -> None:
-    if not partial or selector.allow_partial:
+def _refuse_partial(where: str, selector: Any, partial: list[tuple[str, str]], adapter: Any, usable: int) -> None:
+    if not partial:
         return
     shown = "\n".join(f"  - {n}: {why}" for n, why in partial[:10])
     more = f"\n  ... and {len(partial) - 10} more" if len(partial) > 10 else ""
+    if usable == 0:  # allow_partial or not: a stage that would change nothing is no success
+        raise LayerSelectionError(f"{where}.selector chooses {len(partial)} layer(s), none of which backend "
+                                  f"{adapter.name!r} can change:\n{shown}{more}\nSelect layers of the kinds it "
+                                  f"changes ({', '.join(sorted(adapter.weight_kinds))}).")
+    if selector.allow_partial:
+        return
     raise LayerSelectionError(f"{where}.selector chooses {len(partial)} layer(s) that backend {adapter.name!r} "
                               f"cannot change:\n{shown}{more}\nExclude them (selector.exclude / roles), or set "
                               "selector.allow_partial: true to compress the rest and list these in the report.")

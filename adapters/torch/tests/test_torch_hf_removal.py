@@ -10,7 +10,8 @@ from unicompress_torch_hf_testutil import build
 from unicompress.api import compress
 from unicompress.backend import get_backend
 from unicompress.backend.adapter import StageContext
-from unicompress.errors import StructureError
+from unicompress.errors import SpecValidationError, StructureError
+from unicompress.planner import plan_stage
 from unicompress.specs import PruningSpec
 
 A = get_backend("torch")
@@ -111,6 +112,12 @@ def test_grouped_query_attention_keeps_groups_even():
     assert kept.reshape(2, 2).sum(axis=1).tolist() == [1, 1]  # one query head kept in each K/V group
     k = A.weights(masked)["model.layers.0.self_attn.k_proj"]
     assert (k != 0).all()  # K and V serve the kept heads: untouched
+
+
+def test_grouped_query_sparsity_that_empties_a_group_is_refused_before_work():
+    model, _ = build("llama")  # 4 query heads sharing 2 K/V heads: groups of 2
+    with pytest.raises(SpecValidationError, match="removes every head of a group"):
+        plan_stage(A, model, PruningSpec(granularity="head", sparsity=0.75))
 
 
 def test_second_removal_tracks_original_heads_and_bias():

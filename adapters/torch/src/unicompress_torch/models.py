@@ -21,6 +21,8 @@ from torch import nn
 from unicompress import zoo
 from unicompress.zoo.vit import ViTConfig
 
+from .training import global_rng_kept
+
 
 def hf_bert_config(cfg: zoo.bert.BertConfig):
     """A transformers BertConfig with the zoo sizes, exact (erf) GELU and eager attention."""
@@ -172,8 +174,9 @@ def user_encoder(seed: int = 0, num_labels: Optional[int] = None) -> nn.Module:
                       num_labels=num_labels if num_labels is not None else bert.num_labels, pad_token_id=0,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, hidden_act="gelu",
                       attn_implementation="eager")
-    torch.manual_seed(seed)
-    model = MPNetForSequenceClassification(cfg)
+    with global_rng_kept():  # the seed decides the init; the user's global RNG stream is left as it was
+        torch.manual_seed(seed)
+        model = MPNetForSequenceClassification(cfg)
     model.eval()
     return model
 
@@ -200,8 +203,9 @@ def build_model(name: str, seed: int = 0, num_labels: Optional[int] = None,
     else:
         from transformers import BertForSequenceClassification
 
-        torch.manual_seed(seed)  # HF init runs before our weights replace it; keep it reproducible
-        model = BertForSequenceClassification(hf_bert_config(cfg))
+        with global_rng_kept():  # HF init runs before our weights replace it; keep it reproducible
+            torch.manual_seed(seed)
+            model = BertForSequenceClassification(hf_bert_config(cfg))
     load_neutral_weights(model, weights)
     model.eval()
     model.unicompress_zoo = name  # type: ignore[attr-defined]  # lets export_native record the origin

@@ -24,8 +24,7 @@ The names below stay importable from here.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -42,7 +41,7 @@ from .pruning_l0 import HardConcreteGate, L0Gates
 from .pruning_masks import achieved_sparsity, compute_masks, head_unit_scores, install_masks, make_permanent
 from .pruning_methods import BlockPruning, NMPruning, block_scores, expand_blocks, group_norm, lowest_removed
 from .pruning_targets import FFNPair, Heads, Importance, Targets, WeightRef, magnitude, resolve_targets
-from .training import train_loop
+from .training import global_rng_kept, train_loop
 
 
 def apply_pruning(model: nn.Module, spec: PruningSpec, data: Optional[TaskData], ctx: StageContext) -> nn.Module:
@@ -59,7 +58,7 @@ def apply_pruning(model: nn.Module, spec: PruningSpec, data: Optional[TaskData],
         if spec.remove_pruned and spec.granularity in (Granularity.neuron, Granularity.head):
             remove_pruned_units(model, targets)
         return model
-    with _global_rng_kept():
+    with global_rng_kept():
         pruner = GradualPruner(model, spec, ctx)
         regularized = spec.criterion in (Criterion.l1_regularized, Criterion.l0_regularized)
         train_loop(model, data, spec.training, ctx, loss_fn=pruner.loss_fn() if regularized else None,
@@ -70,14 +69,6 @@ def apply_pruning(model: nn.Module, spec: PruningSpec, data: Optional[TaskData],
             or ctx.history["sparsity"][-1][0] != steps:
         ctx.log("sparsity", steps, pruner.current)
     return model
-
-
-@contextmanager
-def _global_rng_kept() -> Iterator[None]:
-    """Restore the global CPU RNG (and the CUDA ones already in use) on exit."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        yield
 
 
 def prune_one_shot(model: nn.Module, spec: PruningSpec, targets: Targets) -> None:

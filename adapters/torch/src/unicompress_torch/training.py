@@ -12,6 +12,7 @@ torchrun (see `distributed.py`), for every stage that trains through it.
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -158,7 +159,26 @@ def refresh_masked_weights(model: nn.Module) -> None:
                 setattr(module, hook._tensor_name, hook.apply_mask(module))
 
 
+@contextmanager
+def global_rng_kept() -> Iterator[None]:
+    """Run a block that seeds and draws from torch's global RNG (dropout, init) and restore the global CPU RNG
+    (and the CUDA ones in use) on exit, so a stage never changes the random stream of the user's other code."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
 def train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: Optional[StageContext] = None,
+               loss_fn: Optional[LossFn] = None, on_step: Optional[Callable[[int], Any]] = None,
+               extra_params: Optional[Sequence[torch.Tensor]] = None,
+               after_backward: Optional[Callable[[int], Any]] = None, keep_zeros: bool = True) -> nn.Module:
+    """`_train_loop` (below) seeded with ``training.seed`` inside `global_rng_kept`: the global RNG state is the
+    same before and after the stage."""
+    with global_rng_kept():
+        return _train_loop(model, data, training, ctx, loss_fn, on_step, extra_params, after_backward, keep_zeros)
+
+
+def _train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: Optional[StageContext] = None,
                loss_fn: Optional[LossFn] = None, on_step: Optional[Callable[[int], Any]] = None,
                extra_params: Optional[Sequence[torch.Tensor]] = None,
                after_backward: Optional[Callable[[int], Any]] = None, keep_zeros: bool = True) -> nn.Module:

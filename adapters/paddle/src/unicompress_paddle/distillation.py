@@ -1,6 +1,10 @@
 """DistillationSpec on Paddle: a frozen teacher, a student built by dropping layers, and the loss
 alpha * distillation + (1 - alpha) * task, trained with plain Paddle steps.
 
+The blocks are the model's one LayerList of attention blocks (`models.block_list`: the zoo's encoder, an
+`nn.TransformerEncoder`'s layers); hidden states come from the zoo's `features` or from forward post-hooks on
+those blocks (`features`); the student is a copy with only the kept blocks in that LayerList.
+
 Losses: response = T^2 * KL(teacher || student) on softened logits and feature 'mse' use PaddleSlim's
 dygraph distillation losses (`paddleslim.dygraph.dist.losses`: KLLoss, MSELoss; the same modules the
 `paddleslim.dygraph.dist.Distill` wrapper combines, which also works on Paddle 3 - see the tests);
@@ -11,15 +15,17 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Optional
 
 from unicompress.backend.adapter import StageContext
+from unicompress.errors import StructureError
 from unicompress.backend.types import TaskData
 from unicompress.specs import DistillationSpec, DistillKind, FeatureLoss
 
 from . import compat
 from .compat import paddle
-from .models import SelfAttention, encoder_blocks
+from .layers import structure as discover_structure
+from .models import SelfAttention, block_list, encoder_blocks
 from .training import train
 
 F = paddle.nn.functional
@@ -28,12 +34,70 @@ F = paddle.nn.functional
 def drop_layers(model: Any, keep: list[int]) -> Any:
     """The model with only the kept Transformer blocks (a copy; weights shared by value)."""
     student = copy.deepcopy(model)
-    blocks = encoder_blocks(student)
+    if getattr(student, "zoo_family", None) is not None:
+        owner, attr, blocks = (student.bert if student.zoo_family == "bert" else student.vit).encoder, "layer", \
+            encoder_blocks(student)
+    else:
+        owner, attr, blocks = block_list(student)
+    if not keep or any(not 0 <= i < len(blocks) for i in keep):
+        raise StructureError(f"keep_layers {keep} does not fit the model's {len(blocks)} block(s)")
     kept = [blocks[i] for i in keep]
-    owner = (student.bert if student.zoo_family == "bert" else student.vit).encoder
-    owner.layer = paddle.nn.LayerList(kept)
-    student.config = type(student.config)(**{**student.config.to_dict(), "num_hidden_layers": len(kept)})
+    setattr(owner, attr, paddle.nn.LayerList(kept))
+    if hasattr(owner, "num_layers"):  # nn.TransformerEncoder/Decoder keep their depth
+        owner.num_layers = len(kept)
+    if getattr(student, "config", None) is not None and hasattr(student.config, "num_hidden_layers"):
+        student.config = type(student.config)(**{**student.config.to_dict(), "num_hidden_layers": len(kept)})
     return student
+
+
+def features(model: Any, *tensors: Any) -> dict:
+    """Logits plus the hidden state before the first block and after every block (`hidden_states`).
+
+    A zoo model computes them itself (`features`); any other model runs its forward with a post-hook on each
+    block of its `block_list` (a block returning (output, cache) contributes its output)."""
+    if getattr(model, "zoo_family", None) is not None:
+        return model.features(*tensors)
+    blocks = encoder_blocks(model)
+    hidden: list[Any] = [None] * (len(blocks) + 1)
+
+    def tap(i: int):
+        def hook(layer, inputs, output):
+            if i == 0:
+                hidden[0] = inputs[0]
+            hidden[i + 1] = output[0] if isinstance(output, (tuple, list)) else output
+        return hook
+
+    handles = [block.register_forward_post_hook(tap(i)) for i, block in enumerate(blocks)]
+    try:
+        logits = model(*tensors)
+    finally:
+        for h in handles:
+            h.remove()
+    return {"logits": logits, "hidden_states": hidden}
+
+
+def _width(model: Any, st: Optional[Any] = None) -> Optional[int]:
+    """The hidden width: the zoo config's, else the structure's (the stage's, or discovered)."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "hidden_size"):
+        return int(config.hidden_size)
+    st = st if st is not None else discover_structure(model)
+    return st.hidden_size if st is not None else None
+
+
+def _require_relation(model: Any, pairs: list, side: str) -> list[Any]:
+    """The zoo SelfAttention of every block (relation distillation records their probabilities and values);
+    StructureError before training when a block the layer map names has none."""
+    blocks = encoder_blocks(model)
+    atts = [next((s for s in b.sublayers() if isinstance(s, SelfAttention)), None) for b in blocks]
+    need = sorted({p[0 if side == "student" else 1] for p in pairs})
+    missing = [i for i in need if atts[i] is None]
+    if missing:
+        raise StructureError(
+            f"relation distillation records attention probabilities and values of unicompress' SelfAttention; the "
+            f"{side}'s blocks {missing} ({type(blocks[missing[0]]).__name__}) have none (Paddle's "
+            "nn.MultiHeadAttention does not expose them): use kinds response/feature on this model")
+    return atts
 
 
 def _set_record(model: Any, on: bool) -> list[Any]:
@@ -63,17 +127,25 @@ def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContex
     teacher.eval()
     for p in teacher.parameters():
         p.stop_gradient = True
-    n_teacher = len(encoder_blocks(teacher))
-    keep = spec.student.layers_to_keep(n_teacher) if spec.student is not None else None  # the core's rule
-    student = drop_layers(model, keep) if keep is not None else model
-    n_student = len(encoder_blocks(student))
-    pairs = spec.resolved_layer_map(n_student, n_teacher)  # one layer map for every backend (the core's)
-    if {DistillKind.feature, DistillKind.relation} & set(spec.kinds):
+    kinds = set(spec.kinds)
+    layered = bool({DistillKind.feature, DistillKind.relation} & kinds)
+    pairs: list = []
+    student = model
+    if layered or spec.student is not None:  # the blocks are found (or refused) before any training
+        n_teacher = len(encoder_blocks(teacher))
+        keep = spec.student.layers_to_keep(n_teacher) if spec.student is not None else None  # the core's rule
+        student = drop_layers(model, keep) if keep is not None else model
+        n_student = len(encoder_blocks(student))
+        pairs = spec.resolved_layer_map(n_student, n_teacher)  # one layer map for every backend (the core's)
+    if layered:
         for si, ti in pairs:  # logged so the conformance suite sees the pairs the losses use
             ctx.log("layer_map", si, ti)
-    kinds = set(spec.kinds)
-    if DistillKind.feature in kinds and student.config.hidden_size != teacher.config.hidden_size:
+    st = ctx.plan.structure if ctx.plan is not None else None
+    if DistillKind.feature in kinds and _width(student, st) != _width(teacher):
         raise NotImplementedError("feature distillation between different widths (projection) is not supported yet")
+    if DistillKind.relation in kinds:
+        _require_relation(student, pairs, "student")
+        _require_relation(teacher, pairs, "teacher")
     T, alpha = spec.temperature, spec.alpha
     kl, mse = KLLoss(act="softmax", reduction="mean"), MSELoss()
     t_atts = _set_record(teacher, DistillKind.relation in kinds)
@@ -81,7 +153,7 @@ def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContex
 
     def extra(tensors, labels, s_logits):
         with paddle.no_grad():
-            t_out = teacher.features(*tensors)
+            t_out = features(teacher, *tensors)
         loss = paddle.zeros([])
         if DistillKind.response in kinds:
             # PaddleSlim's KLLoss averages over B*C elements; * C gives the batch mean, * T^2 the usual scale
@@ -104,7 +176,7 @@ def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContex
     student_hidden: list[Any] = [None]
 
     def forward(*tensors):
-        out = student.features(*tensors)
+        out = features(student, *tensors)
         student_hidden[0] = out["hidden_states"]
         return out["logits"]
 

@@ -231,13 +231,37 @@ class ViTForImageClassification(nn.Layer):
         return self.features(pixel_values)["logits"]
 
 
+def _is_block(layer: Any) -> bool:
+    """A Transformer block: a layer holding an attention (Paddle's MultiHeadAttention or the zoo's)."""
+    return any(isinstance(sub, (nn.MultiHeadAttention, SelfAttention)) for sub in layer.sublayers(include_self=True))
+
+
+def block_list(model: Any) -> tuple[Any, str, Any]:
+    """(owner, attribute, LayerList) of the model's Transformer blocks: the one `nn.LayerList` whose items all
+    hold an attention (zoo: ``bert.encoder.layer``; `nn.TransformerEncoder`: ``encoder.layers``).
+
+    Raises StructureError when there is none, or several (an encoder-decoder: which stack is meant is unknown).
+    """
+    from unicompress.errors import StructureError
+
+    found = [(name, owner, attr, child) for name, owner in model.named_sublayers(include_self=True)
+             for attr, child in owner.named_children()
+             if isinstance(child, nn.LayerList) and len(child) and all(_is_block(b) for b in child)]
+    if len(found) != 1:
+        where = ", ".join(f"{n + '.' if n else ''}{a} ({len(c)} blocks)" for n, _, a, c in found) or "none"
+        raise StructureError(
+            f"{type(model).__name__}: layer dropping and feature distillation need ONE nn.LayerList of Transformer "
+            f"blocks (layers holding an nn.MultiHeadAttention, e.g. nn.TransformerEncoder.layers); found {where}")
+    _, owner, attr, blocks = found[0]
+    return owner, attr, blocks
+
+
 def encoder_blocks(model: Any) -> Any:
-    """The LayerList of Transformer blocks of a zoo model."""
+    """The LayerList of Transformer blocks of a model (a zoo model, or any model with one `block_list`)."""
     family = getattr(model, "zoo_family", None)
-    if family is None:
-        raise NotImplementedError(f"{type(model).__name__} is no zoo BERT/ViT: on Paddle, distillation's "
-                                  "layer-dropping student and relation features are built for the zoo models only")
-    return (model.bert if family == "bert" else model.vit).encoder.layer
+    if family is not None:
+        return (model.bert if family == "bert" else model.vit).encoder.layer
+    return block_list(model)[2]
 
 
 def _linear_sublayers(model: Any) -> dict[str, Any]:

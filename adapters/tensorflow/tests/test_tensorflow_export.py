@@ -99,6 +99,35 @@ def test_quantized_models_export_as_qdq(tmp_path):
             assert ops.count("QuantizeLinear") == 8
 
 
+def test_weight_only_user_encoder_stores_every_quantized_kernel_as_integers(tmp_path):
+    """tf2onnx writes the MultiHeadAttention projections of the user encoder as Gemm with transB ([out, in]
+    initializers): the core rewriter finds them by value in that orientation, so all 12 quantized kernels
+    (4 Dense + 8 attention projections) are integers + DequantizeLinear, equal to TFMOT's integers."""
+    from onnx import numpy_helper
+
+    user = A.build_model("user-encoder", seed=0, num_labels=3)
+    x = zoo.inputs_for("tiny-bert", zoo.config_for("tiny-bert"))
+    qm = A.apply(A.copy(user), QuantizationSpec(mode="weight_only"))
+    qw = A.quantized_weights(qm)
+    path = A.export_onnx(qm, tmp_path / "wo.onnx", x)
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(qw) == 12 and len(dq) == 12
+    stored = [inits[n.input[0]] for n in dq]
+    for name, t in qw.items():  # each layer's integers are in the file, as [in, out] or [out, in]
+        assert any(np.array_equal(v, t.q.T) or np.array_equal(v, t.q) for v in stored), name
+    consumers = {n.op_type for n in graph.node for d in dq if d.output[0] in n.input}
+    assert consumers == {"MatMul", "Gemm"}
+    want = A.run(qm, x)
+    so = ort.SessionOptions()  # the graph's own arithmetic (dequantized weights): Keras' numbers
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(["logits"], x)[0]
+    np.testing.assert_allclose(plain, want, atol=1e-5, rtol=0)
+    got, _ = _ort(path, x)  # ORT's int8 kernels: within the suite's quantized tolerance (relative L2)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.05
+
+
 @pytest.mark.slow
 def test_native_export_is_a_tflite_flatbuffer(tmp_path):
     model = models.build_model("tiny-bert")

@@ -158,3 +158,29 @@ def test_load_native_refuses_non_zoo_models(tmp_path):
     A.export_native(encoder_model(), tmp_path / "enc")
     with pytest.raises(ValueError, match="not a zoo model"):
         load_native(tmp_path / "enc")
+
+
+def test_export_silences_exactly_the_tracer_and_aten_index_warnings(tmp_path, recwarn, capfd):
+    """The TorchScript exporter warns about frozen shape checks (TracerWarning) and advanced indexing
+    (aten::index); the adapter's export call silences those (and only those) messages, float and quantized."""
+    from unicompress.specs import QuantizationSpec
+    from unicompress_torch.export import LogitsWrapper
+    from unicompress_torch.training import to_torch_inputs
+
+    model, _, x = tiny()
+    inputs = to_torch_inputs(x)
+    with pytest.warns(UserWarning, match="aten::index") as raw:  # what a bare torch.onnx.export shows the user
+        torch.onnx.export(LogitsWrapper(model.eval(), list(inputs)), tuple(inputs.values()), str(tmp_path / "raw.onnx"),
+                          dynamo=False, input_names=list(inputs), opset_version=17)
+    assert any(issubclass(w.category, torch.jit.TracerWarning) for w in raw)
+    capfd.readouterr()
+    recwarn.clear()
+    A.export_onnx(model, tmp_path / "m.onnx", x)
+    qm = A.apply(A.copy(model), QuantizationSpec(mode="dynamic"), None, StageContext())
+    A.export_onnx(qm, tmp_path / "q.onnx", x)
+    loud = [f"{w.category.__name__}: {w.message}" for w in recwarn
+            if issubclass(w.category, torch.jit.TracerWarning) or "aten::index" in str(w.message)]
+    assert loud == []
+    err = capfd.readouterr().err
+    assert "aten::index" not in err and "TracerWarning" not in err
+    assert verify_onnx(model, tmp_path / "m.onnx", x) < 1e-4

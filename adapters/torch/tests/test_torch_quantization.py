@@ -28,6 +28,7 @@ from unicompress.reference.quantization import (levels_per_channel, log_quantize
                                                 quantize_weight)
 from unicompress.specs import QuantizationSpec  # noqa: E402
 from unicompress_torch import quantization as Q  # noqa: E402
+from unicompress_torch import quantization_pt2e as P  # noqa: E402
 from unicompress_torch.capabilities_qd import QUANTIZATION_ROWS  # noqa: E402
 from unicompress_torch.training import forward_logits, to_torch_inputs  # noqa: E402
 
@@ -164,8 +165,8 @@ def test_x86_inductor_quantizer_refuses_asymmetric_weights_and_the_workaround(tm
     model, _, example = tiny()
     lq = Q.LayerQuant(8, symmetric=False, per_channel=True)
     x86 = X86InductorQuantizer().set_module_name_qconfig("bert.encoder.layer.0.attention.self.query",
-                                                          Q._pt2e_config(lq, _spec(mode="static"), False))
-    graph = Q._export_graph(model, to_torch_inputs(example), training=False)
+                                                          P.pt2e_config(lq, _spec(mode="static"), False))
+    graph = P.export_graph(model, to_torch_inputs(example), training=False)
     with pytest.raises(ValueError, match="Unsupported quantization_spec"):
         x86.annotate(graph)
     spec = _spec(mode="static", overrides=[{"pattern": "*.query", "scheme": "asymmetric"}])
@@ -191,7 +192,7 @@ def _layer_inputs(model, data: TaskData, layer: str) -> np.ndarray:
 
 
 def _act_qparams(qm, layer: str) -> tuple[float, int]:
-    scale, zp, _ = Q._pt2e_weights(qm.graph)[layer][3]
+    scale, zp, _ = P.pt2e_weights(qm.graph)[layer][3]
     return scale, zp
 
 
@@ -365,7 +366,7 @@ def test_static_symmetric_activations_are_int8_in_torch_and_onnx(tmp_path):
     from onnx import numpy_helper
 
     qm, _, example = _quantize(_spec(mode="static", activation_scheme="symmetric"))
-    for _, _, _, (scale, zp, dtype) in Q._pt2e_weights(qm.graph).values():
+    for _, _, _, (scale, zp, dtype) in P.pt2e_weights(qm.graph).values():
         assert dtype == torch.int8 and zp == 0 and scale > 0
     path = Q.export_onnx(qm, tmp_path / "s.onnx", example)
     proto = onnx.load(str(path))
@@ -513,7 +514,9 @@ def test_minilm_static_int8_onnx_is_faster_than_fp32(tmp_path):
     cfg = zoo.config_for("minilm-l6")
     calib = [zoo.inputs_for("minilm-l6", cfg, batch=8, length=128, seed=s) for s in range(4)]
     example = zoo.inputs_for("minilm-l6", cfg, batch=32, length=128, seed=99)
-    fp32 = Q.export_float_onnx(build_model("minilm-l6"), tmp_path / "fp32.onnx", example)
+    from unicompress_torch.export import export_onnx as export_float
+
+    fp32 = export_float(build_model("minilm-l6"), tmp_path / "fp32.onnx", example, constant_folding=True)
     qm = Q.apply_quantization(build_model("minilm-l6"), _spec(mode="static"), TaskData(calibration=lambda: iter(calib)),
                               StageContext())
     int8 = Q.export_onnx(qm, tmp_path / "int8.onnx", example)

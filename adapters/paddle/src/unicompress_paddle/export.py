@@ -3,10 +3,10 @@
 Quantized models: paddle2onnx 2.1.0 maps Paddle 3's `quantize_linear`/`dequantize_linear` only for FP8
 (its mapper asserts ``qmax == 448 || qmax == 57344``: "Paddle2ONNX: Only support e4m3 or e5m2 now." and
 *aborts the process*). So we export the float twin of the quantized model with paddle2onnx (weights
-dequantized) and then put back, on each quantized MatMul, the integers and scales Paddle computed:
-an int8 weight initializer + DequantizeLinear (per channel, axis 1 of Paddle's [in, out]) and a
-QuantizeLinear/DequantizeLinear pair on the activation input with Paddle's calibrated scale. ONNX Runtime
-fuses these into int8 kernels (MatMulIntegerToFloat / QLinearMatMul).
+dequantized) and then the core's QDQ rewriter (`unicompress.onnx.qdq`) puts back, on each quantized MatMul,
+the integers and scales Paddle computed: an int8 weight initializer + DequantizeLinear (per channel, axis 1
+of Paddle's [in, out]) and a QuantizeLinear/DequantizeLinear pair on the activation input with Paddle's
+calibrated scale. ONNX Runtime fuses these into int8 kernels (MatMulIntegerToFloat / QLinearMatMul).
 
 paddle.onnx.export's default optimizer step (polygraphy) sets POLYGRAPHY_AUTOINSTALL_DEPS=1 and
 pip-installs onnx_graphsurgeon into the running environment at export time, and paddle.onnx.export logs
@@ -42,18 +42,22 @@ def input_spec(model: Any, example: Any) -> list:
     return specs
 
 
-def float_twin(model: Any) -> tuple[Any, dict[str, dict]]:
-    """A float copy of a (possibly quantized) model + {weight param name: quantization info}.
+def float_twin(model: Any) -> tuple[Any, dict[str, Any]]:
+    """A float copy of a (possibly quantized) model + {layer: unicompress.onnx.qdq.QDQLayer} for its converted
+    QuantedLinear layers (weight = the twin's parameter, by name: Paddle's [in, out] kernel; activations
+    symmetric int8 from Paddle's calibrated abs-max where they are quantized).
 
     Converted QuantedLinear layers become plain Linear layers holding the dequantized weight; log-quantized
     layers hold their log-dequantized weight."""
     from paddle.nn.quant.qat.linear import QuantedLinear
 
-    from .quantization import activation_bits, activation_scale, quantized_weights, weight_qparams
+    from unicompress.onnx.qdq import ActivationQuant, QDQLayer, WeightRef
+
+    from .quantization import activation_bits, activation_scale, quantized_weights
 
     twin = copy.deepcopy(model)
     qts = quantized_weights(model)
-    info: dict[str, dict] = {}
+    info: dict[str, Any] = {}
     layers = compressible(twin)
     for name, qt in qts.items():
         layer = layers[name]
@@ -61,11 +65,14 @@ def float_twin(model: Any) -> tuple[Any, dict[str, dict]]:
         lin.weight.set_value(qt.dequantize().T.astype(np.float32))
         lin.bias.set_value(layer.bias.numpy())
         if isinstance(layer, QuantedLinear):
-            _, bits, axis = weight_qparams(layer)
-            container = np.int8 if bits <= 8 else np.int32  # DequantizeLinear takes int32 (no int8 kernels then)
-            info[lin.weight.name] = {"q": qt.q.T.astype(container), "scale": np.atleast_1d(qt.scale).astype(np.float32),
-                                     "axis": axis, "bits": bits, "act_amax": activation_scale(layer),
-                                     "act_bits": activation_bits(layer)}
+            amax, act = activation_scale(layer), None
+            if amax is not None:
+                bits = activation_bits(layer)
+                if bits > 8:
+                    raise NotImplementedError(f"{bits}-bit activations need int16 QuantizeLinear "
+                                              "(opset 21); this export writes opset <= 17 int8 QDQ")
+                act = ActivationQuant(float(np.float32(max(amax, 1e-8) / (2 ** (bits - 1) - 1))), 0, signed=True)
+            info[name] = QDQLayer(qt, WeightRef(lin.weight.name, transposed=True), act)
         parent_name, _, child = name.rpartition(".")
         parent = twin if not parent_name else dict(twin.named_sublayers())[parent_name]
         setattr(parent, child, lin)
@@ -126,47 +133,6 @@ def _constants_to_initializers(graph) -> None:
     graph.node.extend(keep)
 
 
-def _insert_qdq(graph, info: dict[str, dict]) -> int:
-    """Replace float weights of quantized MatMuls by int8 + DequantizeLinear, and quantize their inputs."""
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: i for i in graph.initializer}
-    new_nodes, count = [], 0
-    for node in graph.node:
-        if node.op_type == "MatMul" and node.input[1] in info and node.input[1] in inits:
-            meta, w = info[node.input[1]], node.input[1]
-            graph.initializer.remove(inits[w])
-            wscale = meta["scale"] if meta["axis"] is not None else meta["scale"][:1].reshape(())
-            graph.initializer.extend([
-                numpy_helper.from_array(meta["q"], f"{w}_q"),
-                numpy_helper.from_array(np.asarray(wscale, np.float32), f"{w}_scale"),
-                numpy_helper.from_array(np.zeros(np.shape(wscale), meta["q"].dtype), f"{w}_zp")])
-            dq_attrs = {"axis": 1} if meta["axis"] is not None else {}
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{w}_q", f"{w}_scale", f"{w}_zp"],
-                                              [f"{w}_dq"], name=f"{w}_DequantizeLinear", **dq_attrs))
-            x = node.input[0]
-            if meta["act_amax"] is not None:
-                if meta["act_bits"] > 8:
-                    raise NotImplementedError(f"{meta['act_bits']}-bit activations need int16 QuantizeLinear "
-                                              "(opset 21); this export writes opset <= 17 int8 QDQ")
-                qmax = 2 ** (meta["act_bits"] - 1) - 1
-                a = f"{w}_act"
-                graph.initializer.extend([
-                    numpy_helper.from_array(np.asarray(max(meta["act_amax"], 1e-8) / qmax, np.float32), f"{a}_scale"),
-                    numpy_helper.from_array(np.asarray(0, np.int8), f"{a}_zp")])
-                new_nodes.append(helper.make_node("QuantizeLinear", [x, f"{a}_scale", f"{a}_zp"], [f"{a}_q"],
-                                                  name=f"{a}_QuantizeLinear"))
-                new_nodes.append(helper.make_node("DequantizeLinear", [f"{a}_q", f"{a}_scale", f"{a}_zp"],
-                                                  [f"{a}_dq"], name=f"{a}_DequantizeLinear"))
-                x = f"{a}_dq"
-            node.input[0], node.input[1] = x, f"{w}_dq"
-            count += 1
-        new_nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    return count
-
-
 def export_onnx(model: Any, path: Path, example: Any, opset: int = 17) -> Path:
     """Write the model as ONNX (inputs named like the neutral inputs, output "logits", dynamic axes).
 
@@ -175,6 +141,8 @@ def export_onnx(model: Any, path: Path, example: Any, opset: int = 17) -> Path:
     """
     import onnx
 
+    from unicompress.onnx.qdq import insert_qdq
+
     twin, info = float_twin(model)
     twin.eval()
     with atomic_path(path) as tmp:
@@ -182,11 +150,8 @@ def export_onnx(model: Any, path: Path, example: Any, opset: int = 17) -> Path:
         proto = onnx.load(str(tmp))
         _rename_io(proto.graph, model)
         _constants_to_initializers(proto.graph)
-        if info:
-            n = _insert_qdq(proto.graph, info)
-            if n != len(info):
-                raise RuntimeError(f"placed QDQ on {n} of {len(info)} quantized layers; the exported graph "
-                                   "does not use the weights as MatMul inputs")
+        if info:  # the core's QDQ rewriter; it raises when a weight is not in the exported graph
+            insert_qdq(proto, info)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
     return path

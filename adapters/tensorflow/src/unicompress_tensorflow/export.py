@@ -174,39 +174,16 @@ def weights_as_qdq(proto: onnx.ModelProto, qweights: dict) -> int:
     """Store fake-quantized weights as integers + DequantizeLinear (QDQ); returns how many were rewritten.
 
     TensorFlow's grappler constant-folds FakeQuant on a constant kernel while tf2onnx freezes the graph,
-    so a TFMOT-quantized Dense reaches ONNX as a float initializer holding the dequantized values. We
-    find that initializer (same shape and values as the toolkit's integers times scales, kernel layout
-    [in, out]) and replace it by the integers and a per-axis DequantizeLinear.
+    so a TFMOT-quantized Dense reaches ONNX as a float initializer holding the dequantized values (as
+    TensorFlow computed them: equal to the toolkit's integers times scales within 1e-6). The core's QDQ
+    rewriter (`unicompress.onnx.qdq`) finds that initializer by value and replaces it by the integers and
+    a (per-axis) DequantizeLinear. Log-mapped and wider-than-8-bit tensors stay float.
     """
-    from onnx import helper, numpy_helper
+    from unicompress.onnx.qdq import QDQLayer, insert_qdq, match_weights
 
-    g = proto.graph
-    inits = {t.name: t for t in g.initializer}
-    done = 0
-    for name, t in qweights.items():
-        if t.mapping != "linear" or t.bits > 8:
-            continue
-        kernel = t.dequantize().T.astype(np.float32)  # [in, out]
-        match = next((n for n, init in inits.items() if tuple(init.dims) == kernel.shape
-                      and np.allclose(numpy_helper.to_array(init), kernel, rtol=0, atol=1e-6)), None)
-        if match is None:
-            continue
-        # asymmetric grids ([0, 2^b - 1], a zero-point) need uint8; everything else fits int8
-        unsigned = bool(np.asarray(t.q).max() > 127 or np.any(np.asarray(t.zero_point)))
-        dtype = np.uint8 if unsigned else np.int8
-        q = np.asarray(t.q).T.astype(dtype)
-        scale = np.asarray(t.scale, np.float32)
-        zp = np.asarray(t.zero_point).astype(dtype)
-        g.initializer.remove(inits.pop(match))
-        g.initializer.extend([numpy_helper.from_array(q, f"{match}_quantized"),
-                              numpy_helper.from_array(scale, f"{match}_scale"),
-                              numpy_helper.from_array(zp, f"{match}_zero_point")])
-        attrs = {"axis": 1} if scale.ndim == 1 else {}
-        g.node.insert(0, helper.make_node("DequantizeLinear", [f"{match}_quantized", f"{match}_scale",
-                                                               f"{match}_zero_point"], [match],
-                                          name=f"{name}/DequantizeLinear", **attrs))
-        done += 1
-    return done
+    linear = {n: t for n, t in qweights.items() if t.mapping == "linear" and t.bits <= 8}
+    refs = match_weights(proto, {n: t.dequantize().astype(np.float32) for n, t in linear.items()}, atol=1e-6)
+    return insert_qdq(proto, {n: QDQLayer(linear[n], ref) for n, ref in refs.items()})
 
 
 def fuse_layer_norms(proto: onnx.ModelProto) -> int:

@@ -5,7 +5,9 @@ default `dynamo=True` path needs `onnxscript`, which the stack does not ship (it
 ModuleNotFoundError), while the TorchScript exporter gives clean graphs with dynamic axes for
 HF BERT, the zoo ViT and nn.TransformerEncoder. Inputs keep their names (``input_ids``,
 ``attention_mask``, ``pixel_values`` ...), the output is ``logits``, batch (and sequence) axes are
-dynamic. Constant folding is off so pruned zeros stay visible in the weight initializers.
+dynamic. Constant folding is off by default so each weight initializer is the model's own tensor (pruned
+zeros visible); the quantized export turns it on to get [in, out] weight initializers to rewrite. The
+warnings the export raises about these deliberate choices are silenced inside the call (`SILENCED_WARNINGS`).
 
 Native export: ``model.safetensors`` (the state dict, no pickle) and ``config.json`` (the model's
 config and the unicompress metadata: zoo name, pruned heads, per-layer FFN sizes, low-rank layers);
@@ -44,17 +46,32 @@ class LogitsWrapper(nn.Module):
 
 
 def _dynamic_axes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
+    """Batch dynamic everywhere; sequence too for token inputs (the known names, or any integer [B, L])."""
     axes: dict[str, dict[int, str]] = {"logits": {0: "batch"}}
     for name, t in inputs.items():
         axes[name] = {0: "batch"}
-        if name in ("input_ids", "attention_mask", "token_type_ids", "position_ids") and t.dim() >= 2:
+        tokens = name in ("input_ids", "attention_mask", "token_type_ids", "position_ids") and t.dim() >= 2
+        if tokens or (not t.is_floating_point() and t.dim() == 2):
             axes[name][1] = "sequence"
     return axes
 
 
-def export_onnx(model: nn.Module, path: Path, example: Inputs, opset: int = 17) -> Path:
-    """Write `model` as ONNX at `path` (atomically) and return the path.
+#: warnings the export itself raises about choices made here on purpose (message regexes, matched at the start):
+#: the tracer's frozen shape checks (HF's padding-length test, MHA's embed-dim asserts: they hold for every
+#: batch and length, and verify_onnx / the tests run other shapes), the opset-11 note that advanced indexing
+#: becomes several ONNX ops, and the notice that the TorchScript exporter is the legacy one (see above)
+SILENCED_WARNINGS = (
+    (r"Exporting aten::index operator of advanced indexing", UserWarning),
+    (r"You are using the legacy TorchScript-based ONNX export", DeprecationWarning),
+)
 
+
+def export_onnx(model: nn.Module, path: Path, example: Inputs, opset: int = 17,
+                constant_folding: bool = False) -> Path:
+    """Write `model` as ONNX at `path` (atomically) and return the path: the adapter's one float exporter.
+
+    `constant_folding` folds the weight transposes into [in, out] initializers (what the QDQ rewrite of a
+    quantized model's float twin replaces); off by default so every weight stays the model's own tensor.
     Example: ``export_onnx(bert, Path("m.onnx"), {"input_ids": ids, "attention_mask": mask})``.
     """
     path = Path(path)
@@ -66,12 +83,12 @@ def export_onnx(model: nn.Module, path: Path, example: Inputs, opset: int = 17) 
     # grad stays enabled: under no_grad nn.TransformerEncoderLayer takes its fused fast path
     # (aten::_transformer_encoder_layer_fwd), which has no ONNX symbolic
     with atomic_path(path) as tmp, warnings.catch_warnings():
-        # the tracer flags shape checks it freezes (HF's padding-length test, MHA's embed-dim asserts);
-        # they hold for every batch and length, and verify_onnx/tests check other shapes
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        for message, category in SILENCED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
         torch.onnx.export(wrapper, tuple(inputs.values()), str(tmp), dynamo=False, input_names=onnx_names,
                           output_names=["logits"], dynamic_axes=axes, opset_version=opset,
-                          do_constant_folding=False)
+                          do_constant_folding=constant_folding)
     return path
 
 

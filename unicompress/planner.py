@@ -23,6 +23,7 @@ import numpy as np
 
 from .backend.plan import StagePlan
 from .backend.types import LayerInfo, TransformerStructure
+from .data.checks import non_finite_tensors
 from .errors import LayerSelectionError, NonFiniteWeightsError, Problem, SpecValidationError, StructureError
 from .reference.lowrank import no_saving_reason, rank_for, saves_parameters
 from .specs import (DistillationSpec, FineTuneSpec, Granularity, LowRankSpec, PruningSpec, QuantizationSpec,
@@ -256,11 +257,7 @@ def low_rank_factors(layers: Sequence[LayerInfo]) -> dict[str, str]:
 
 
 def _refuse_non_finite(where: str, weights: dict[str, Any]) -> None:
-    bad = []
-    for name, w in weights.items():
-        w = np.asarray(w)
-        if w.dtype.kind in "fc" and not np.isfinite(w).all():
-            bad.append(f"{name} ({int(np.isnan(w).sum())} NaN, {int(np.isinf(w).sum())} inf of {w.size})")
+    bad = non_finite_tensors(weights)
     if bad:
         raise NonFiniteWeightsError(f"{where}: {len(bad)} selected layer(s) hold NaN or inf weights, which low-rank "
                                     f"factorisation (an SVD) cannot take: {', '.join(bad[:8])}"

@@ -58,3 +58,16 @@ def assert_non_finite_refused(adapter: Any, model: Any, data: Any,
                 np.testing.assert_array_equal(w, after[name], err_msg=f"{name} changed after a refusal")
             checked.append(f"{type(spec).__name__}:{value}")
     return checked
+
+
+def non_finite_test(adapter: Any, model: str = "tiny-bert"):
+    """A pytest test function for one backend's suite: `assert_non_finite_refused` on its zoo `model`, checking
+    pruning and quantization at least (each backend claims both) and every other technique it claims."""
+    def test_non_finite_weights_are_refused_for_every_claimed_technique() -> None:
+        from .cases import task_data
+
+        checked = assert_non_finite_refused(adapter, adapter.build_model(model, seed=0), task_data(model))
+        assert {c.split(":")[0] for c in checked} >= {"PruningSpec", "QuantizationSpec"}
+        assert len(checked) >= 6
+
+    return test_non_finite_weights_are_refused_for_every_claimed_technique

@@ -49,3 +49,19 @@ def _check(data: TaskData, source: str, index: int, batch: Any) -> None:
         raise InvalidDataError(f"{where} is a {type(batch).__name__}; {source} batches are (inputs, labels) pairs "
                                "of numpy arrays")
     check_batch(batch[0], batch[1], where, data.task, data.num_labels)
+
+
+def non_finite_tensors(tensors: dict[str, Any]) -> list[str]:
+    """``"name (k NaN, j inf of n)"`` for every float array of `tensors` holding NaN or inf, in order: the one
+    wording `compress()` and the planner use when they refuse non-finite weights.
+
+    Example: ``non_finite_tensors({"fc": np.array([1.0, np.inf])}) == ["fc (0 NaN, 1 inf of 2)"]``.
+    """
+    import numpy as np
+
+    out = []
+    for name, w in tensors.items():
+        w = np.asarray(w)
+        if w.dtype.kind in "fc" and not np.isfinite(w).all():
+            out.append(f"{name} ({int(np.isnan(w).sum())} NaN, {int(np.isinf(w).sum())} inf of {w.size})")
+    return out

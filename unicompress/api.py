@@ -76,9 +76,13 @@ def recipe_problems(adapter: Adapter, recipe: Recipe) -> list[Problem]:
 
 
 def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[TaskData],
-               structure: Optional[TransformerStructure] = None) -> list[StagePlan]:
+               structure: Optional[TransformerStructure] = None, teacher: Any = None) -> list[StagePlan]:
     """Everything that can be refused before the model is touched: capabilities, data, and each stage's plan
-    (layer selection, structure, shapes: `unicompress.planner`). Returns the plans on the input model."""
+    (layer selection, structure, shapes: `unicompress.planner`). Returns the plans on the input model.
+
+    Distillation: data whose tokenizers differ without teacher inputs, feature/relation losses across
+    tokenizers and (given `teacher`) a teacher whose vocabulary differs from the student's while the data
+    has no teacher inputs are refused here (`unicompress.data.teacher.check_distillation_data`)."""
     problems = recipe_problems(adapter, recipe)
     if problems:
         raise CapabilityError(adapter.name, problems, adapter.capabilities().to_text())
@@ -87,7 +91,21 @@ def check_plan(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[Task
                if need and not _has(data, need)]
     if missing:
         raise MissingDataError("; ".join(missing) + ". Pass data=TaskData(train=..., calibration=...).")
+    _check_teacher_inputs(adapter, model, recipe, data, teacher)
     return [plan_stage(adapter, model, stage, i, structure) for i, stage in enumerate(recipe.stages)]
+
+
+def _check_teacher_inputs(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[TaskData],
+                          teacher: Any) -> None:
+    """Refuse distillation stages whose teacher would read token ids that are not its own."""
+    from .data.teacher import check_distillation_data, word_embedding_rows
+
+    rows: dict[str, Optional[int]] = {}
+    distilling = any(isinstance(stage, DistillationSpec) for stage in recipe.stages)
+    if distilling and teacher is not None and teacher is not model and adapter.is_model(teacher):
+        rows = {"student_rows": word_embedding_rows(adapter.layers(model)),
+                "teacher_rows": word_embedding_rows(adapter.layers(teacher))}
+    check_distillation_data(recipe.stages, data, **rows)
 
 
 def export_targets(recipe: Recipe, backend: str) -> dict[str, Path]:
@@ -230,7 +248,7 @@ def _compress(model: Any, recipe: RecipeLike, data: Optional[TaskData], *, backe
     declared = validate_data(structure, StructureDeclaration) if isinstance(structure, dict) else \
         structure if structure is not None else recipe.structure
     found = resolve_structure(adapter, model, declared)
-    check_plan(adapter, model, recipe, data, found)
+    check_plan(adapter, model, recipe, data, found, teacher=teacher)
     example = _refuse_unwritable_export(adapter, recipe, data, export_example)
 
     input_weights = adapter.weights(model)

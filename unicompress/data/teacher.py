@@ -9,7 +9,10 @@ The contract (documented for the adapters' distillation):
   - only response distillation (logits) is defined across tokenizers: token positions of two tokenizations do
     not line up, so feature and relation losses are refused (`distillation_problems`).
 `check_teacher_inputs` and `distillation_problems` refuse before work what cannot be resolved: tokenizers
-that differ while the data carries no teacher inputs (ids without the texts they came from).
+that differ while the data carries no teacher inputs (ids without the texts they came from). Given the two
+models' token-embedding sizes (`word_embedding_rows`), `distillation_problems` also refuses a teacher whose
+vocabulary differs from the student's when the data has no teacher inputs (the data may not know the teacher's
+tokenizer, but the embeddings do), and teacher inputs holding ids beyond the teacher's vocabulary.
 """
 from __future__ import annotations
 
@@ -63,14 +66,25 @@ def attach_teacher(data: "TextTaskData", teacher_tokenizer: TokenizerLike,
 
 def split_teacher_inputs(inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(student inputs, teacher inputs) of one batch: ``teacher_*`` keys go to the teacher (prefix removed);
-    without any, both get the same inputs.
+    without any, both get the same inputs; an input that is no mapping (one array) goes to both.
 
     Example: ``split_teacher_inputs({"input_ids": a, "teacher_input_ids": b}) == ({"input_ids": a},
     {"input_ids": b})``.
     """
+    if not isinstance(inputs, Mapping):  # one unnamed input (an array or tensor): both models read it
+        return inputs, inputs
     student = {k: v for k, v in inputs.items() if not k.startswith(TEACHER_PREFIX)}
     teacher = {k[len(TEACHER_PREFIX):]: v for k, v in inputs.items() if k.startswith(TEACHER_PREFIX)}
     return student, (teacher or student)
+
+
+def distillation_data(data: Optional["TaskData"]) -> Optional["TaskData"]:
+    """The data a distillation handler trains on: ``extra["teacher_data"]`` (the same rows, with the teacher's
+    own ids as ``teacher_*`` inputs) when the teacher tokenizes differently, else `data` itself."""
+    if data is None:
+        return None
+    teacher_data = data.extra.get("teacher_data")
+    return teacher_data if teacher_data is not None else data
 
 
 def has_teacher_inputs(data: Optional["TaskData"]) -> bool:
@@ -103,12 +117,61 @@ def check_teacher_inputs(data: Optional["TaskData"], teacher_tokenizer: Tokenize
         "teacher_tokenizer=teacher_folder), or use a teacher with the student's tokenizer")
 
 
-def distillation_problems(stages: Sequence[Any], data: Optional["TaskData"]) -> list[str]:
+#: substrings naming a model's token embedding (BERT-style, Llama-style, GPT-2, T5) among its layers
+_TOKEN_EMBEDDING_NAMES = ("word_embeddings", "embed_tokens", "wte", "tok_embeddings", "shared")
+
+
+def word_embedding_rows(layers: Sequence[Any]) -> Optional[int]:
+    """Rows of a model's token embedding (its vocabulary size) from an adapter's `layers()` rows, or None
+    when no token embedding can be told apart (then nothing is checked).
+
+    Example: ``word_embedding_rows(get_backend("torch").layers(bert)) == bert.config.vocab_size``.
+    """
+    embeds = [layer for layer in layers if getattr(layer, "kind", "") == "embedding" and len(layer.shape) == 2]
+    named = [layer for layer in embeds if any(k in layer.name for k in _TOKEN_EMBEDDING_NAMES)]
+    pick = named or (embeds if len(embeds) == 1 else [])
+    return int(pick[0].shape[0]) if pick else None
+
+
+def _largest_teacher_id(data: "TaskData") -> Optional[int]:
+    """The largest token id the teacher inputs of `data` hold (None when they are not token splits)."""
+    splits = getattr(data.extra.get("teacher_data"), "token_splits", None) or {}
+    tops = [int(ids.max()) for part in splits.values() for ids in part.extra_ids.get("teacher", ()) if len(ids)]
+    return max(tops) if tops else None
+
+
+def distillation_problems(stages: Sequence[Any], data: Optional["TaskData"], student_rows: Optional[int] = None,
+                          teacher_rows: Optional[int] = None) -> list[str]:
     """Why the distillation stages cannot run on `data` as far as tokenizers go ([] when they can):
     the data says the tokenizers differ but carries no teacher inputs, or a feature/relation loss would
-    compare token positions of two different tokenizations."""
-    if data is None or data.extra.get("tokenizers_agree", True):
+    compare token positions of two different tokenizations. `student_rows` / `teacher_rows` (the models'
+    token-embedding rows, `word_embedding_rows`) add: vocabularies of different sizes without teacher inputs,
+    and teacher inputs with ids the teacher's embedding does not have."""
+    if data is None:
         return []
+    out = [] if data.extra.get("tokenizers_agree", True) else _tokenizer_problems(stages, data)
+    if teacher_rows is None:
+        return out
+    for i, stage in enumerate(stages):
+        if getattr(stage, "technique", None) != "distillation":
+            continue
+        top = _largest_teacher_id(data) if has_teacher_inputs(data) else None
+        if top is not None and top >= teacher_rows:
+            out.append(f"stages[{i}] (distillation): the teacher inputs hold token id {top}, but the teacher's "
+                       f"token embedding has {teacher_rows} rows: the data's teacher_tokenizer "
+                       f"({data.extra.get('teacher_tokenizer')}) is not the teacher's")
+        elif not has_teacher_inputs(data) and student_rows is not None and student_rows != teacher_rows:
+            out.append(f"stages[{i}] (distillation): the teacher's token embedding has {teacher_rows} rows and the "
+                       f"student's {student_rows}: they read different vocabularies, and the data carries no "
+                       "teacher inputs, so the teacher would read the student's token ids as its own. Build the "
+                       "data from the texts with both tokenizers (unicompress.data.from_csv(..., tokenizer="
+                       "student_folder, teacher_tokenizer=teacher_folder)) or use a teacher with the student's "
+                       "tokenizer")
+    return out
+
+
+def _tokenizer_problems(stages: Sequence[Any], data: "TaskData") -> list[str]:
+    """`distillation_problems` for data that says its tokenizers differ (``extra["tokenizers_agree"]`` False)."""
     out = []
     for i, stage in enumerate(stages):
         if getattr(stage, "technique", None) != "distillation":
@@ -123,12 +186,14 @@ def distillation_problems(stages: Sequence[Any], data: Optional["TaskData"]) -> 
     return out
 
 
-def check_distillation_data(stages: Sequence[Any], data: Optional["TaskData"]) -> None:
+def check_distillation_data(stages: Sequence[Any], data: Optional["TaskData"], student_rows: Optional[int] = None,
+                            teacher_rows: Optional[int] = None) -> None:
     """`distillation_problems`, raised as one TokenizerMismatchError (for the core's checks before work)."""
-    problems = distillation_problems(stages, data)
+    problems = distillation_problems(stages, data, student_rows, teacher_rows)
     if problems:
         raise TokenizerMismatchError("distillation refused before work:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 __all__ = ["TEACHER_PREFIX", "TokenizerMismatchError", "attach_teacher", "split_teacher_inputs",
-           "has_teacher_inputs", "check_teacher_inputs", "distillation_problems", "check_distillation_data"]
+           "has_teacher_inputs", "check_teacher_inputs", "distillation_problems", "check_distillation_data",
+           "word_embedding_rows", "distillation_data"]

@@ -10,9 +10,13 @@ dygraph distillation losses (`paddleslim.dygraph.dist.losses`: KLLoss, MSELoss; 
 `paddleslim.dygraph.dist.Distill` wrapper combines, which also works on Paddle 3 - see the tests);
 feature 'cosine' and relation (MiniLM: attention-distribution and value-relation KL) have no PaddleSlim
 loss and are computed with Paddle ops.
+Teacher and student with different tokenizers: the core's data carries the teacher's own ids of the same rows
+(``data.extra["teacher_data"]``, batches with ``teacher_*`` keys; `unicompress.data.teacher`); the loop hands
+the student's and the teacher's tensors and each model reads its own.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Any, Optional
@@ -20,6 +24,7 @@ from typing import Any, Optional
 from unicompress.backend.adapter import StageContext
 from unicompress.errors import StructureError
 from unicompress.backend.types import TaskData
+from unicompress.data.teacher import TEACHER_PREFIX, distillation_data
 from unicompress.specs import DistillationSpec, DistillKind, FeatureLoss
 
 from . import compat
@@ -118,6 +123,22 @@ def _value_relation(v):
     return F.softmax(paddle.matmul(v, v, transpose_y=True) / math.sqrt(d), axis=-1)
 
 
+@contextlib.contextmanager
+def _reads(model: Any, names: tuple[str, ...]):
+    """While training, the loop converts the batch keys `names` (the student's and, with teacher inputs, the
+    teacher's) to tensors: it reads the model's ``input_names``."""
+    had = "input_names" in model.__dict__
+    old = model.__dict__.get("input_names")
+    object.__setattr__(model, "input_names", names)
+    try:
+        yield
+    finally:
+        if had:
+            object.__setattr__(model, "input_names", old)
+        else:
+            del model.__dict__["input_names"]
+
+
 def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContext) -> Any:
     """DistillationSpec handler: returns the trained student."""
     compat.paddleslim()
@@ -151,9 +172,23 @@ def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContex
     t_atts = _set_record(teacher, DistillKind.relation in kinds)
     s_atts = _set_record(student, DistillKind.relation in kinds)
 
+    batches = distillation_data(data)  # with teacher inputs (``teacher_*``) when the tokenizers differ
+    s_names = tuple(getattr(student, "input_names", ("input_ids", "attention_mask")))
+    t_names = tuple(TEACHER_PREFIX + n for n in getattr(teacher, "input_names", s_names)) \
+        if batches is not data else ()
+
+    def split(tensors):
+        """(student tensors, teacher tensors): the loop hands both, in `s_names + t_names` order."""
+        if not t_names:
+            return tensors, tensors
+        if len(tensors) != len(s_names) + len(t_names):
+            raise ValueError(f"distillation with teacher inputs needs every one of {s_names + t_names} in each "
+                             f"batch, got {len(tensors)} tensors")
+        return tensors[:len(s_names)], tensors[len(s_names):]
+
     def extra(tensors, labels, s_logits):
         with paddle.no_grad():
-            t_out = features(teacher, *tensors)
+            t_out = features(teacher, *split(tensors)[1])
         loss = paddle.zeros([])
         if DistillKind.response in kinds:
             # PaddleSlim's KLLoss averages over B*C elements; * C gives the batch mean, * T^2 the usual scale
@@ -176,11 +211,12 @@ def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContex
     student_hidden: list[Any] = [None]
 
     def forward(*tensors):
-        out = features(student, *tensors)
+        out = features(student, *split(tensors)[0])
         student_hidden[0] = out["hidden_states"]
         return out["logits"]
 
-    train(student, data, spec.training, ctx, extra_loss=extra, task_weight=1.0 - alpha, forward=forward)
+    with _reads(student, s_names + t_names):
+        train(student, batches, spec.training, ctx, extra_loss=extra, task_weight=1.0 - alpha, forward=forward)
     _set_record(student, False)
     _set_record(teacher, False)
     return student

@@ -22,6 +22,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from unicompress.backend.adapter import StageContext  # noqa: E402
 from unicompress.backend.types import TaskData  # noqa: E402
+from unicompress.data.teacher import TEACHER_PREFIX, distillation_data, split_teacher_inputs  # noqa: E402
 from unicompress.backend.types import TransformerStructure  # noqa: E402
 from unicompress.errors import StructureError  # noqa: E402
 from unicompress.specs import DistillationSpec, DistillKind, FeatureLoss, StudentSpec  # noqa: E402
@@ -334,6 +335,21 @@ def _relation_logs(att: ScaledDotProductAttention, q, k, v, bias=None) -> tuple[
     return tf.nn.log_softmax(s, -1), tf.nn.log_softmax(r, -1)
 
 
+def input_feed(student: keras.Model, teacher: keras.Model) -> keras.Model:
+    """A layer-less functional model whose inputs are the student's and the teacher's (under ``teacher_``
+    names). Teacher and student with different tokenizers: the data's ``teacher_data`` batches carry the
+    teacher's own ids (`unicompress.data.teacher`); the training loop converts each batch to the tensors of
+    its model's inputs, so with this as the loop's model the teacher's ids reach the loss too."""
+    inputs = {}
+    for model, prefix in ((student, ""), (teacher, TEACHER_PREFIX)):
+        if not isinstance(model.input, dict):
+            raise TypeError("distillation with teacher inputs needs models with named (dict) inputs, such as "
+                            "input_ids and attention_mask")
+        for name, tensor in model.input.items():
+            inputs[prefix + name] = keras.Input(tensor.shape[1:], dtype=tensor.dtype, name=prefix + name)
+    return keras.Model(inputs, list(inputs.values()), name="distillation_inputs")
+
+
 def apply_distillation(model: Any, spec: DistillationSpec, data: Optional[TaskData], ctx: StageContext) -> Any:
     """Train the student (built from `model` when spec.student is set) to imitate ctx.teacher."""
     teacher = ctx.teacher if ctx.teacher is not None else model
@@ -372,7 +388,8 @@ def apply_distillation(model: Any, spec: DistillationSpec, data: Optional[TaskDa
     T, alpha = spec.temperature, spec.alpha
 
     def loss_fn(_model, inputs, labels):
-        t_out = t_tap(inputs, training=False)
+        inputs, t_inputs = split_teacher_inputs(inputs)  # the teacher's own token ids when its tokenizer differs
+        t_out = t_tap(t_inputs, training=False)
         t_out = {k: tf.stop_gradient(v) for k, v in t_out.items()}
         s_out = s_tap(inputs, training=True)
         task = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, s_out["logits"],
@@ -402,6 +419,8 @@ def apply_distillation(model: Any, spec: DistillationSpec, data: Optional[TaskDa
     variables = list(student.trainable_variables)
     for p in projections.values():
         variables += p.trainable_variables
-    train(student, data, spec.training, ctx, loss_fn=loss_fn, variables=variables, description="distill")
+    batches = distillation_data(data)  # with teacher inputs when the tokenizers differ
+    feed = input_feed(student, teacher) if batches is not data else student
+    train(feed, batches, spec.training, ctx, loss_fn=loss_fn, variables=variables, description="distill")
     return student
 

@@ -8,6 +8,10 @@ Losses (``loss = alpha * distillation + (1 - alpha) * cross-entropy``, distillat
   - relation (MiniLM): per mapped block, KL between the teacher's and the student's self-attention
     distributions ``softmax(Q K^T / sqrt(d) + mask)`` and between their value relations
     ``softmax(V V^T / sqrt(d))``, per head, averaged over heads and non-padded query positions.
+Teacher and student with different tokenizers: the core's data carries the teacher's own ids of the same rows
+(``data.extra["teacher_data"]``, batches with ``teacher_*`` keys; `unicompress.data.teacher`); the handler
+trains on those batches and each model reads its own ids (`split_teacher_inputs`). The core refuses before
+work what cannot be resolved (no teacher inputs, feature/relation losses across tokenizers).
 Block outputs, Q, K and V are read with forward hooks on the named modules (``*.encoder.layer.<i>`` and its
 ``attention.self.{query,key,value}``), so HF BERT and the zoo ViT work alike. The teacher runs under
 `torch.no_grad` in eval mode: its weights are never touched. Training is the shared `train_loop`
@@ -25,6 +29,7 @@ from torch import nn
 
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import TaskData
+from unicompress.data.teacher import distillation_data, split_teacher_inputs
 from unicompress.specs import DistillationSpec, DistillKind, FeatureLoss
 
 from .training import forward_logits, train_loop
@@ -189,8 +194,9 @@ class DistillationLoss:
     def __call__(self, model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         self.s_cap.clear()
         self.t_cap.clear()
+        inputs, t_inputs = split_teacher_inputs(inputs)  # the teacher's own token ids when its tokenizer differs
         with torch.no_grad():
-            t_logits = forward_logits(self.teacher, inputs)
+            t_logits = forward_logits(self.teacher, t_inputs)
         s_logits = forward_logits(model, inputs)
         spec, parts = self.spec, {}
         mask = inputs.get("attention_mask")
@@ -265,7 +271,7 @@ def apply_distillation(model: nn.Module, spec: DistillationSpec, data: Optional[
     teacher.eval()
     loss = DistillationLoss(model, teacher, spec, layer_map)
     try:
-        train_loop(model, data, spec.training, ctx, loss_fn=loss, extra_params=loss.parameters())
+        train_loop(model, distillation_data(data), spec.training, ctx, loss_fn=loss, extra_params=loss.parameters())
     finally:
         loss.remove()
         teacher.train(was_training)

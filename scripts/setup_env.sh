@@ -16,4 +16,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
   -e adapters/onnx
 # Parquet files and Hugging Face datasets as data sources (unicompress.data); tests skip them when absent
 .venv/bin/python -m pip install -q -c constraints.txt pyarrow==26.0.1 datasets==5.2.0
+# Optuna for `unicompress search --strategy optuna` (unicompress.search.strategies); its tests skip it when absent
+.venv/bin/python -m pip install -q -c constraints.txt optuna==5.1.0
 .venv/bin/python -c "import unicompress, sys; print('unicompress', unicompress.__version__, 'in', sys.prefix)"

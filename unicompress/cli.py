@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     bn.add_argument("--runs", type=int, default=7, help="timed runs per file and batch (median reported)")
     bn.add_argument("--json", action="store_true")
+    _search_parser(sub)
     return p
 
 
@@ -133,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise
     try:
         status = {"run": _run, "validate": _validate, "schema": _schema, "backends": _backends,
-                  "inspect": _inspect, "bench": _bench}[args.command](args)
+                  "inspect": _inspect, "bench": _bench, "search": _search}[args.command](args)
     except UnicompressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = 2
@@ -598,6 +599,60 @@ def _build_model(recipe: Any, name: str, adapter: Any, data: Any, allowed: Seque
     if recipe.model.zoo:
         return adapter.build_model(recipe.model.zoo, **kwargs)
     return resolve_factory(recipe.model.factory, allowed)(backend=name, **kwargs)
+
+
+def _search_parser(sub: Any) -> None:
+    """`unicompress search`: per-layer sensitivity, a search, the best plan within a tolerance as a recipe."""
+    se = sub.add_parser("search", help="search a per-layer plan within a metric tolerance; write it as a recipe",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  unicompress search search.yaml --tolerance 0.01 --objective bytes "
+                               "--trials 20 --out searchdir\nthe search file is a recipe without stages plus a "
+                               "search: section (candidates, tolerance, objective, trials); flags override it")
+    se.add_argument("recipe", help="search file (.yaml/.yml/.json)")
+    se.add_argument("--backend", help="override the file's backend")
+    se.add_argument("--tolerance", type=float, help="largest metric drop allowed on the validation split")
+    se.add_argument("--objective", choices=["bytes", "nonzero", "params"])
+    se.add_argument("--strategy", choices=["greedy", "optuna"])
+    se.add_argument("--trials", type=int, help="combined plans evaluated at most")
+    se.add_argument("--time-budget", type=float, metavar="SECONDS", help="start no trial after this long")
+    se.add_argument("--out", default="unicompress-search", help="where searched.yaml, pareto.md/png, trials.json "
+                                                                 "and sensitivity.* go (default: unicompress-search)")
+    se.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    se.add_argument("--allow-factory", action="append", default=[], metavar="MODULE", help="as for run")
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .api import recipe_problems
+    from .backend import get_backend
+    from .errors import BackendNotFoundError, SpecValidationError
+    from .recipe_io import validate_data
+    from .search import load_search, search
+    from .specs.search import SearchSpec
+
+    base, spec = load_search(Path(args.recipe))
+    flags = {"tolerance": args.tolerance, "objective": args.objective, "strategy": args.strategy,
+             "trials": args.trials, "time_budget_s": args.time_budget}
+    spec = validate_data({**spec.model_dump(mode="json"), **{k: v for k, v in flags.items() if v is not None}},
+                         SearchSpec, "flags")
+    name = args.backend or base.backend
+    if name == "auto":
+        raise BackendNotFoundError("a search run from the CLI must name its backend (backend: torch) or be given "
+                                   "--backend")
+    adapter = get_backend(name)
+    allowed = allowed_factory_modules(args.allow_factory, adapter)
+    # the checks of `run`, on every candidate: what the backend refuses, factories, data, the output folder
+    probe = base.model_copy(update={"stages": list(spec.candidates), "export": None})
+    problems = recipe_problems(adapter, probe) + run_problems(probe, name, adapter, allowed, args.out)
+    if problems:
+        if any(p.path.endswith(".factory") for p in problems):
+            raise FactoryNotAllowedError("\n".join(["nothing was run:"] + [f"  - {p}" for p in problems]))
+        raise SpecValidationError(problems, f"{args.recipe} on backend {name!r} (nothing was run)")
+    data = _load_data(base, allowed)
+    model = _build_model(base, name, adapter, data, allowed)
+    result = search(model, base, spec, data, backend=name, out=args.out, progress=not args.no_progress)
+    print((Path(args.out) / "search.md").read_text(encoding="utf-8"))
+    print("written: " + ", ".join(str(p) for p in result.files.values()))
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

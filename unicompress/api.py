@@ -20,7 +20,7 @@ from .backend.adapter import Adapter, StageContext
 from .backend.plan import StagePlan
 from .backend.registry import resolve_backend
 from .backend.types import Inputs, TaskData, TransformerStructure
-from .data.checks import check_task_data
+from .data.checks import check_task_data, non_finite_tensors
 from .errors import (CapabilityError, ExportError, JudgeError, MissingDataError, ModelNotSupportedError,
                      NonFiniteWeightsError, OutputPathError, Problem, StageError, UnicompressError)
 from .judge import before_stage, judge_stage
@@ -322,11 +322,7 @@ def _refuse_unwritable_export(adapter: Adapter, recipe: Recipe, data: Optional[T
 
 
 def _refuse_non_finite_weights(weights: dict[str, np.ndarray]) -> None:
-    bad = []
-    for name, w in weights.items():
-        w = np.asarray(w)
-        if w.dtype.kind in "fc" and not np.isfinite(w).all():
-            bad.append(f"{name} ({int(np.isnan(w).sum())} NaN, {int(np.isinf(w).sum())} inf of {w.size})")
+    bad = non_finite_tensors(weights)
     if bad:
         raise NonFiniteWeightsError(f"{len(bad)} layer(s) hold NaN or inf weights, from which every stage would "
                                     f"compute NaN scales and masks: {', '.join(bad[:8])}"

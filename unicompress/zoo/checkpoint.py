@@ -102,11 +102,15 @@ def read_safetensors(path: Union[str, Path]) -> tuple[dict[str, str], dict[str, 
     """(metadata, name -> float32 array) of a safetensors file; CheckpointError naming the file otherwise."""
     from safetensors.numpy import load_file
 
+    try:  # registers bfloat16 with numpy, so BF16 checkpoints (common on the Hub) read the same whatever was
+        import ml_dtypes  # noqa: F401  imported before; without it a BF16 file is refused as unreadable
+    except ImportError:
+        pass
     metadata, _ = safetensors_header(path)
     try:
         raw = load_file(str(path))
         weights = {k: np.asarray(v).astype(np.float32) for k, v in raw.items()}
-    except Exception as exc:  # noqa: BLE001 - e.g. a dtype numpy lacks (bf16), a file changed under us
+    except Exception as exc:  # noqa: BLE001 - e.g. bf16 without ml_dtypes, a file changed under us
         raise _unreadable(path, exc) from exc
     return metadata, weights
 

@@ -13,7 +13,7 @@ import datetime as _dt
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..fileio import atomic_write_text
 from .cases import CASES_BY_ID, row_id, universe
@@ -122,6 +122,35 @@ def cross_markdown(cross: Any) -> str:
     if cross.get("errors"):
         out.append("Backends that produced nothing: " + "; ".join(f"{k}: {v}" for k, v in cross["errors"].items()))
     return "\n".join(out) + "\n"
+
+
+#: cases where the backends used to give different results for one spec (issue #12): the table shows each
+#: backend's verdict on the same case side by side
+AGREEMENT_CASES = ("quantization/overrides-overlapping", "quantization/overrides-skip-then-bits",
+                   "distillation/feature-explicit-map", "distillation/feature-drop-first-layer",
+                   "distillation/feature-drop-layers-explicit-map", "distillation/feature-minilm-6-to-3",
+                   "distillation/user-encoder-feature-mse", "distillation/user-encoder-feature-drop-layers",
+                   "pruning/nm-63-64-refused", "pruning/nm-63-64-wide-layers", "pruning/head-99-refused",
+                   "pruning/block-64x64-refused", "pruning/polynomial-end-off-frequency")
+
+
+def agreement_markdown(data: dict, case_ids: Sequence[str] = AGREEMENT_CASES) -> str:
+    """One row per case, one column per backend: "pass", "refused" (by the core planner, the same error on
+    every backend), "**FAIL**" (a check failed) or "-" (not claimed / not run there)."""
+    names = [n for n, b in data["backends"].items() if not b.get("load_error")]
+    lines = ["| case | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for cid in case_ids:
+        cells = []
+        for n in names:
+            c = data["backends"][n].get("cases", {}).get(cid)
+            if c is None or c.get("mode") != "claimed":
+                cells.append("-")
+                continue
+            checks = c.get("checks", {})
+            ok = bool(checks) and all(r.get("passed") is not False for r in checks.values())  # None: n/a
+            cells.append(("refused" if "refused" in checks else "pass") if ok else "**FAIL**")
+        lines.append(f"| `{cid}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def summary_lines(data: dict) -> list[str]:

@@ -7,6 +7,7 @@ the framework is imported on first use through `require()`, which names the pip 
 from __future__ import annotations
 
 import abc
+import copy as _copy
 import importlib
 import sys
 from dataclasses import dataclass, field
@@ -89,6 +90,32 @@ class Adapter(abc.ABC):
     import_conflicts: ClassVar[tuple[tuple[str, str], ...]] = ()
     #: spec type -> (submodule of `package`, function(model, spec, data, ctx)): the default `handlers()`
     handler_table: ClassVar[Mapping[type, tuple[str, str]]] = {}
+    #: the narrow questions answered by one function of the package, as data: method name (``layers``,
+    #: ``weights``, ``run``, ...) -> (submodule of `package`, function); the default method calls
+    #: ``function(model, *args)`` imported through `module()`. A backend overrides a method only where the answer
+    #: needs more than one call (TensorFlow's TFLite and Keras 3 models). Every method of `REQUIRED_ANSWERS` must
+    #: be answered here or overridden: checked when the subclass is defined.
+    answers: ClassVar[Mapping[str, tuple[str, str]]] = {}
+    #: what every backend must answer (the rest have defaults: no structure, no quantized weights, ...)
+    REQUIRED_ANSWERS: ClassVar[tuple[str, ...]] = ("layers", "weights", "set_weights", "run", "describe",
+                                                   "export_onnx")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls.capabilities, "__isabstractmethod__", False) or not cls.name:
+            return  # an abstract intermediate class: its concrete subclasses are checked
+        missing = [m for m in cls.REQUIRED_ANSWERS
+                   if m not in cls.answers and getattr(cls, m) is getattr(Adapter, m)]
+        if missing:
+            raise TypeError(f"backend {cls.name!r} ({cls.__qualname__}) answers neither by a method nor in "
+                            f"`answers`: {', '.join(missing)}")
+
+    def _answer(self, question: str, model: Any, *args: Any) -> Any:
+        """Call the function `answers` names for `question` (NotImplementedError naming it when there is none)."""
+        if question not in self.answers:
+            raise NotImplementedError(f"the {self.name} backend does not answer {question}()")
+        module, function = self.answers[question]
+        return getattr(self.module(module), function)(model, *args)
 
     # ---- pure data: works without the framework -------------------------------------------
     @abc.abstractmethod
@@ -151,47 +178,51 @@ class Adapter(abc.ABC):
         must exist before the first op). Default: nothing."""
 
     # ---- model plumbing ---------------------------------------------------------------------
-    @abc.abstractmethod
     def copy(self, model: Any) -> Any:
-        """A deep copy the stages can change freely (the user's model is never touched)."""
+        """A deep copy the stages can change freely (the user's model is never touched); default `copy.deepcopy`."""
+        if "copy" in self.answers:
+            return self._answer("copy", model)
+        return _copy.deepcopy(model)
 
-    @abc.abstractmethod
     def layers(self, model: Any) -> list[LayerInfo]:
         """Every compressible layer with its role; names are stable and dotted.
 
         Roles must be those of ``unicompress.structure.assign_roles(raw_layers, self.structure(model))``:
         the structure decides, names are the fallback.
         """
+        return self._answer("layers", model)
 
     def structure(self, model: Any) -> Optional[TransformerStructure]:
         """Where attention heads and FFN pairs are (from layer types and the model's config), or None for a
         model that is no Transformer."""
-        return None
+        return self._answer("structure", model) if "structure" in self.answers else None
 
-    @abc.abstractmethod
     def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
         """Float weights of the named layers (all from `layers`) in the neutral [out, in] layout."""
+        return self._answer("weights", model, names)
 
-    @abc.abstractmethod
     def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
         """Write float weights (neutral layout) into the model's layers of those names."""
+        self._answer("set_weights", model, weights)
 
     def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
         """Every float weight of a zoo-architecture model (`build_model`) under the zoo's neutral names and
         layouts (``unicompress.zoo.bert`` / ``zoo.vit``): the inverse of ``build_model(..., weights=)``."""
-        raise NotImplementedError(f"{self.name} cannot read a model's weights in the neutral layout yet")
+        if "neutral_weights" not in self.answers:
+            raise NotImplementedError(f"{self.name} cannot read a model's weights in the neutral layout yet")
+        return self._answer("neutral_weights", model)
 
     def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
         """The integer weights and their parameters of every quantized layer."""
-        return {}
+        return self._answer("quantized_weights", model) if "quantized_weights" in self.answers else {}
 
-    @abc.abstractmethod
     def run(self, model: Any, inputs: Inputs) -> np.ndarray:
         """Run the model in inference mode: numpy in, numpy out (the first output, e.g. logits)."""
+        return self._answer("run", model, inputs)
 
-    @abc.abstractmethod
     def describe(self, model: Any) -> list[LayerStats]:
         """Per-layer shape, parameters, non-zeros and bits."""
+        return self._answer("describe", model)
 
     # ---- compression --------------------------------------------------------------------------
     def handlers(self) -> dict[type, Callable[..., Any]]:
@@ -226,13 +257,15 @@ class Adapter(abc.ABC):
         return {"accuracy": correct / total if total else float("nan")}
 
     # ---- export --------------------------------------------------------------------------------
-    @abc.abstractmethod
     def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
         """Write the model as ONNX at `path` (quantized models as QDQ or integer ops)."""
+        return self._answer("export_onnx", model, Path(path), example, opset)
 
     def export_native(self, model: Any, directory: Path) -> Path:
         """Write the framework's own deployable format under `directory`; returns what was written."""
-        raise NotImplementedError(f"{self.name} has no native export yet")
+        if "export_native" not in self.answers:
+            raise NotImplementedError(f"{self.name} has no native export yet")
+        return self._answer("export_native", model, Path(directory))
 
     # ---- models from the zoo -------------------------------------------------------------------
     def build_model(self, zoo: str, *, seed: int = 0, num_labels: Optional[int] = None,
@@ -240,7 +273,10 @@ class Adapter(abc.ABC):
         """Build a named model of the zoo (e.g. ``minilm-l6``, `zoo_models`) in this framework: random weights
         from `seed`, a head of `num_labels` classes, or the neutral `weights` (``unicompress.zoo`` names);
         `options` are backend-specific."""
-        raise NotImplementedError(f"{self.name} cannot build zoo model {zoo!r}")
+        if "build_model" not in self.answers:
+            raise NotImplementedError(f"{self.name} cannot build zoo model {zoo!r}")
+        return getattr(self.module(self.answers["build_model"][0]), self.answers["build_model"][1])(
+            zoo, seed=seed, num_labels=num_labels, weights=weights, **options)
 
 
 class _LazyHandler:

@@ -140,54 +140,6 @@ def test_native_export_is_a_tflite_flatbuffer(tmp_path):
     np.testing.assert_allclose(out, layers.run(model, x), atol=1e-5)
 
 
-def _qdq_reshape_matmul_graph() -> onnx.ModelProto:
-    """x -> Q -> DQ -> Reshape -> MatMul(DQ(int8 W)) -> Reshape back, with Shape(DQ) as tensordot writes it."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = rng.integers(-127, 128, (8, 4), dtype=np.int8)
-    inits = [numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(np.full(4, 0.01, np.float32), "w_s"),
-             numpy_helper.from_array(np.zeros(4, np.int8), "w_z"),
-             numpy_helper.from_array(np.array(0.02, np.float32), "a_s"),
-             numpy_helper.from_array(np.array(128, np.uint8), "a_z"),
-             numpy_helper.from_array(np.array([-1, 8], np.int64), "flat"),
-             numpy_helper.from_array(np.array([4], np.int64), "out_dim")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "a_s", "a_z"], ["x_q"]),
-             helper.make_node("DequantizeLinear", ["x_q", "a_s", "a_z"], ["x_dq"]),
-             helper.make_node("Shape", ["x_dq"], ["x_shape"], start=0, end=2),
-             helper.make_node("Concat", ["x_shape", "out_dim"], ["y_shape"], axis=0),
-             helper.make_node("Reshape", ["x_dq", "flat"], ["x_2d"]),
-             helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=1),
-             helper.make_node("MatMul", ["x_2d", "w"], ["y_2d"]),
-             helper.make_node("Reshape", ["y_2d", "y_shape"], ["logits"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, None, 4])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def test_dequantize_moves_next_to_matmul_for_ort_integer_fusion(tmp_path):
-    """tensordot's Reshape sits between the activation DQ and the MatMul: the DQ moves after it (the
-    Reshape then moves integers), Shape reads the integers, the old DQ goes, and ORT fuses the MatMul."""
-    proto = _qdq_reshape_matmul_graph()
-    x = {"x": np.random.default_rng(1).normal(size=(2, 3, 8)).astype(np.float32)}
-    onnx.save(proto, str(tmp_path / "before.onnx"))
-    assert export.dequantize_next_to_matmul(proto) == 1
-    onnx.checker.check_model(proto, full_check=True)
-    producer = {o: n for n in proto.graph.node for o in n.output}
-    matmul = next(n for n in proto.graph.node if n.op_type == "MatMul")
-    assert [producer[i].op_type for i in matmul.input] == ["DequantizeLinear", "DequantizeLinear"]
-    assert producer[producer[matmul.input[0]].input[0]].op_type == "Reshape"
-    assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) == 2  # the old activation DQ is gone
-    onnx.save(proto, str(tmp_path / "after.onnx"))
-    before = ort.InferenceSession(str(tmp_path / "before.onnx")).run(None, x)[0]
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    after = ort.InferenceSession(str(tmp_path / "after.onnx"), options).run(None, x)[0]
-    np.testing.assert_allclose(after, before, atol=1e-5)
-    fused = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
-    assert "MatMulIntegerToFloat" in fused and "MatMul" not in fused, fused
-
-
 @pytest.mark.slow
 def test_tf2onnx_optimizer_copies_are_collected(tmp_path):
     """tf2onnx's optimize_graph deep-copies the graph before each pass; the dropped copies are cyclic

@@ -7,13 +7,11 @@ carry the plan out on the graph: numpy on the weight initializers for pruning an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
-
-import numpy as np
+from typing import Any, Optional
 
 from unicompress.backend.adapter import Adapter, StageContext
 from unicompress.backend.capabilities import Capabilities
-from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TaskData
+from unicompress.backend.types import Inputs, TaskData
 from unicompress.errors import CapabilityError, Problem
 from unicompress.specs import LowRankSpec, PruningSpec, QuantizationSpec
 
@@ -37,6 +35,9 @@ class OnnxAdapter(Adapter):
     import_first = ("onnx", "onnxruntime")
     handler_table = {PruningSpec: ("pruning", "apply_pruning"), QuantizationSpec: ("quantization", "apply_quantization"),
                      LowRankSpec: ("lowrank", "apply_low_rank")}
+    answers = {"layers": ("layers", "layer_infos"), "weights": ("layers", "weights"),
+               "set_weights": ("layers", "set_weights"), "quantized_weights": ("layers", "quantized_weights"),
+               "run": ("runtime", "run"), "describe": ("layers", "describe"), "build_model": ("models", "build_model")}
 
     def capabilities(self) -> Capabilities:
         return onnx_capabilities()
@@ -63,24 +64,6 @@ class OnnxAdapter(Adapter):
         out.CopyFrom(model)
         return out
 
-    def layers(self, model: Any) -> list[LayerInfo]:
-        return self.module("layers").layer_infos(model)
-
-    def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
-        return self.module("layers").weights(model, names)
-
-    def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
-        self.module("layers").set_weights(model, weights)
-
-    def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
-        return self.module("layers").quantized_weights(model)
-
-    def run(self, model: Any, inputs: Inputs) -> np.ndarray:
-        return self.module("runtime").run(model, inputs)
-
-    def describe(self, model: Any) -> list[LayerStats]:
-        return self.module("layers").describe(model)
-
     def apply(self, model: Any, spec: Any, data: Optional[TaskData] = None,
               ctx: Optional[StageContext] = None) -> Any:
         """Refuse what the table does not claim (also on direct calls), then run the core's plan."""
@@ -92,6 +75,3 @@ class OnnxAdapter(Adapter):
 
     def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
         return self.module("runtime").export_onnx(model, path)
-
-    def build_model(self, zoo: str, **kwargs: Any) -> Any:
-        return self.module("models").build_model(zoo, **kwargs)

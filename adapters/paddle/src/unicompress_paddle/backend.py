@@ -6,15 +6,8 @@ Framework modules load on first use through `Adapter.module()`, which first chec
 """
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-from typing import Any, Optional, Sequence
-
-import numpy as np
-
 from unicompress.backend.adapter import Adapter
 from unicompress.backend.capabilities import Capabilities
-from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TransformerStructure
 from unicompress.specs import DistillationSpec, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec
 
 from .capabilities import paddle_capabilities
@@ -37,42 +30,11 @@ class PaddleAdapter(Adapter):
                      DistillationSpec: ("distillation", "distill"), LowRankSpec: ("lowrank", "factorize"),
                      FineTuneSpec: ("training", "finetune")}
 
+    answers = {"layers": ("layers", "layer_infos"), "structure": ("layers", "structure"),
+               "weights": ("layers", "weights"), "set_weights": ("layers", "set_weights"), "run": ("layers", "run"),
+               "describe": ("layers", "describe"), "quantized_weights": ("quantization", "quantized_weights"),
+               "export_onnx": ("export", "export_onnx"), "export_native": ("export", "export_native"),
+               "neutral_weights": ("models", "neutral_weights"), "build_model": ("models", "build_model")}
 
     def capabilities(self) -> Capabilities:
         return paddle_capabilities()
-
-    def copy(self, model: Any) -> Any:
-        return copy.deepcopy(model)
-
-    def layers(self, model: Any) -> list[LayerInfo]:
-        return self.module("layers").layer_infos(model)
-
-    def structure(self, model: Any) -> Optional[TransformerStructure]:
-        return self.module("layers").structure(model)
-
-    def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
-        return self.module("layers").weights(model, names)
-
-    def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
-        self.module("layers").set_weights(model, weights)
-
-    def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
-        return self.module("quantization").quantized_weights(model)
-
-    def run(self, model: Any, inputs: Inputs) -> np.ndarray:
-        return self.module("layers").run(model, inputs)
-
-    def describe(self, model: Any) -> list[LayerStats]:
-        return self.module("layers").describe(model)
-
-    def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
-        return self.module("export").export_onnx(model, Path(path), example, opset)
-
-    def export_native(self, model: Any, directory: Path) -> Path:
-        return self.module("export").export_native(model, Path(directory))
-
-    def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
-        return self.module("models").neutral_weights(model)
-
-    def build_model(self, zoo: str, **kwargs: Any) -> Any:
-        return self.module("models").build_model(zoo, **kwargs)

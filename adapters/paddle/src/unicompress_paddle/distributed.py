@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from unicompress.backend.parallel import shard_rows
 from unicompress.errors import UnicompressError
 from unicompress.specs import TrainingSpec
 
@@ -184,15 +185,8 @@ class DataParallel:
               ) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
         """This rank's rows ``rank::world_size`` of a global batch and the loss scale
         ``world_size * n_local / n_global`` that makes the gradient average the full-batch mean gradient."""
-        n = int(np.shape(labels)[0])
-        if n < self.world_size:
-            raise ValueError(f"a training batch has {n} example(s), fewer than the {self.world_size} data-parallel "
-                             "ranks: use batches of at least world_size examples")
-        rows = slice(self.rank, None, self.world_size)
-        local = {k: np.asarray(v)[rows] for k, v in inputs.items()} if isinstance(inputs, dict) \
-            else np.asarray(inputs)[rows]
-        mine = np.asarray(labels)[rows]
-        return local, mine, self.world_size * int(mine.shape[0]) / n
+        local, mine, share = shard_rows(inputs, np.asarray(labels), self.rank, self.world_size)
+        return local, mine, self.world_size * share
 
     def mean(self, value: Any) -> float:
         """The average over ranks of a (scaled) scalar tensor: the global loss, identical on every rank."""

@@ -100,39 +100,6 @@ def _paddle2onnx(model: Any, path: Path, example: Any, opset: int) -> None:
         raise RuntimeError("paddle2onnx wrote an empty file")
 
 
-def _rename_io(graph, model: Any) -> None:
-    """Output named "logits"; dynamic axes named batch / sequence."""
-    old = graph.output[0].name
-    for node in graph.node:
-        for i, o in enumerate(node.output):
-            if o == old:
-                node.output[i] = "logits"
-        for i, o in enumerate(node.input):
-            if o == old:
-                node.input[i] = "logits"
-    graph.output[0].name = "logits"
-    for vi in list(graph.input) + list(graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        for j, d in enumerate(dims):
-            if not d.dim_value:
-                d.dim_param = "batch" if j == 0 else "sequence"
-
-
-def _constants_to_initializers(graph) -> None:
-    """paddle2onnx (without its optimizer) emits every parameter as a Constant node; make them initializers
-    so weights are graph initializers as usual (and QDQ can replace them)."""
-    keep = []
-    for node in graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            t = node.attribute[0].t
-            t.name = node.output[0]
-            graph.initializer.append(t)
-        else:
-            keep.append(node)
-    del graph.node[:]
-    graph.node.extend(keep)
-
-
 def export_onnx(model: Any, path: Path, example: Any, opset: int = 17) -> Path:
     """Write the model as ONNX (inputs named like the neutral inputs, output "logits", dynamic axes).
 
@@ -141,6 +108,7 @@ def export_onnx(model: Any, path: Path, example: Any, opset: int = 17) -> Path:
     """
     import onnx
 
+    from unicompress.onnx.passes import constants_to_initializers, name_dynamic_axes, rename_io
     from unicompress.onnx.qdq import insert_qdq
 
     twin, info = float_twin(model)
@@ -148,8 +116,9 @@ def export_onnx(model: Any, path: Path, example: Any, opset: int = 17) -> Path:
     with atomic_path(path) as tmp:
         _paddle2onnx(twin, tmp, example, opset)
         proto = onnx.load(str(tmp))
-        _rename_io(proto.graph, model)
-        _constants_to_initializers(proto.graph)
+        rename_io(proto, {proto.graph.output[0].name: "logits"})
+        name_dynamic_axes(proto)
+        constants_to_initializers(proto)  # paddle2onnx without its optimizer writes parameters as Constants
         if info:  # the core's QDQ rewriter; it raises when a weight is not in the exported graph
             insert_qdq(proto, info)
         onnx.checker.check_model(proto)

@@ -19,6 +19,7 @@ import numpy as np
 
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import TaskData
+from unicompress.reference.training import ADAMW_BETAS, ADAMW_EPSILON, warmup_factors
 from unicompress.specs import FineTuneSpec, TrainingSpec
 
 from .compat import paddle
@@ -74,11 +75,17 @@ def batches(data: TaskData, batch_size: Optional[int] = None) -> Iterator[tuple[
 def make_optimizer(model: Any, spec: TrainingSpec, parameters=None):
     params = parameters if parameters is not None else [p for p in model.parameters() if not p.stop_gradient]
     lr: Any = spec.learning_rate
-    if spec.warmup_steps:
-        lr = paddle.optimizer.lr.LinearWarmup(spec.learning_rate, spec.warmup_steps, 0.0, spec.learning_rate)
+    if spec.warmup_steps:  # the core's rule (unicompress.reference.training); LinearWarmup starts from 0 instead
+        factors = warmup_factors(spec.warmup_steps).tolist()
+        lr = paddle.optimizer.lr.LambdaDecay(spec.learning_rate, lambda s: factors[s] if s < len(factors) else 1.0)
+    # the core's hyper-parameters (unicompress.reference.training); a float weight_decay is L2 added to the gradient
+    if spec.optimizer.value == "sgd" and spec.momentum:
+        return paddle.optimizer.Momentum(learning_rate=lr, momentum=spec.momentum, parameters=params,
+                                         weight_decay=spec.weight_decay or None), lr
     if spec.optimizer.value == "sgd":
         return paddle.optimizer.SGD(learning_rate=lr, parameters=params, weight_decay=spec.weight_decay or None), lr
-    return paddle.optimizer.AdamW(learning_rate=lr, parameters=params, weight_decay=spec.weight_decay), lr
+    return paddle.optimizer.AdamW(learning_rate=lr, parameters=params, weight_decay=spec.weight_decay,
+                                  beta1=ADAMW_BETAS[0], beta2=ADAMW_BETAS[1], epsilon=ADAMW_EPSILON), lr
 
 
 def train(model: Any, data: TaskData, spec: TrainingSpec, ctx: StageContext,

@@ -33,6 +33,7 @@ class TensorFlowAdapter(Adapter):
                      QuantizationSpec: ("quantization", "apply_quantization"),
                      DistillationSpec: ("distillation", "apply_distillation"),
                      LowRankSpec: ("lowrank", "apply_low_rank"), FineTuneSpec: ("training", "apply_finetune")}
+    answers = {"neutral_weights": ("models", "neutral_weights"), "build_model": ("models", "build_model")}
 
     def on_framework_loaded(self) -> None:
         # a TF_CONFIG worker must create its MultiWorkerMirroredStrategy before TensorFlow's first op
@@ -59,6 +60,13 @@ class TensorFlowAdapter(Adapter):
         from unicompress.specs import Granularity, Norm, PruningSpec
 
         out = dynamic_range_refusals(spec)
+        training = getattr(spec, "training", None)
+        if training is not None and training.momentum and (training.warmup_steps or training.weight_decay):
+            # Keras' momentum SGD keeps lr-scaled velocities and decays weights outside them: with a changing
+            # learning rate or a weight decay its steps are not the core's (unicompress.reference.training)
+            out.append(Problem("training.momentum", training.momentum,
+                               "Keras' SGD momentum differs from the core's with warmup_steps or weight_decay: use "
+                               "momentum 0, or no warm-up and no weight decay with momentum"))
         if isinstance(spec, PruningSpec) and spec.trains:
             if spec.granularity in (Granularity.neuron, Granularity.head):
                 out.append(Problem("schedule.kind", spec.schedule.kind.value,
@@ -134,13 +142,6 @@ class TensorFlowAdapter(Adapter):
     def export_native(self, model: Any, directory: Path) -> Path:
         return self.module("export").export_native(model if self._is_tflite(model) else self._keras(model),
                                                  Path(directory))
-
-    # ---- zoo -----------------------------------------------------------------------------------
-    def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
-        return self.module("models").neutral_weights(model)
-
-    def build_model(self, zoo: str, **kwargs: Any) -> Any:
-        return self.module("models").build_model(zoo, **kwargs)
 
     @staticmethod
     def _is_tflite(model: Any) -> bool:

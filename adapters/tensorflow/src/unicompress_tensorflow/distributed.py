@@ -48,6 +48,7 @@ ensure_legacy_keras()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.eager import context as _context  # noqa: E402
+from unicompress.backend.parallel import shard_rows  # noqa: E402
 from unicompress.errors import UnicompressError  # noqa: E402
 from unicompress.specs import TrainingSpec  # noqa: E402
 
@@ -187,15 +188,8 @@ class DataParallel:
 
     def shard(self, inputs: Any, labels: np.ndarray) -> tuple[Any, np.ndarray]:
         """This worker's rows ``rank::num_workers`` of a global batch (numpy)."""
-        labels = np.asarray(labels)
-        n = int(labels.shape[0])
-        if n < self.num_workers:
-            raise ValueError(f"a training batch has {n} example(s), fewer than the {self.num_workers} "
-                             "data-parallel workers: use training.batch_size >= the number of workers")
-        rows = slice(self.rank, None, self.num_workers)
-        if isinstance(inputs, dict):
-            return {k: np.asarray(v)[rows] for k, v in inputs.items()}, labels[rows]
-        return np.asarray(inputs)[rows], labels[rows]
+        local, mine, _ = shard_rows(inputs, np.asarray(labels), self.rank, self.num_workers)
+        return local, mine
 
     def all_reduce_sum(self, loss: tf.Tensor, grads: Sequence[Optional[tf.Tensor]]
                        ) -> tuple[tf.Tensor, list[Optional[tf.Tensor]]]:

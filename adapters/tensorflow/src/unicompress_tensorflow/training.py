@@ -21,6 +21,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from unicompress.backend.adapter import StageContext  # noqa: E402
 from unicompress.backend.types import TaskData  # noqa: E402
+from unicompress.reference.training import ADAMW_BETAS, ADAMW_EPSILON, warmup_factors  # noqa: E402
 from unicompress.specs import FineTuneSpec, TrainingSpec  # noqa: E402
 
 from .distributed import data_parallel_for  # noqa: E402
@@ -31,22 +32,31 @@ LossFn = Callable[[Any, Any, tf.Tensor], tf.Tensor]
 
 
 def make_optimizer(spec: TrainingSpec) -> keras.optimizers.Optimizer:
-    """AdamW or SGD with linear warm-up to the peak learning rate."""
+    """AdamW or SGD with the core's warm-up and hyper-parameters (`unicompress.reference.training`).
+
+    Keras' weight decay is decoupled (``w -= lr * wd * w`` before the step): for plain SGD that equals the L2
+    term the core adds to the gradient. With momentum, Keras keeps lr-scaled velocities and decays outside them,
+    so momentum together with warm-up or weight decay is refused before work (`capabilities`)."""
     lr: Any = spec.learning_rate
     if spec.warmup_steps:
         lr = _Warmup(spec.learning_rate, spec.warmup_steps)
     if spec.optimizer.value == "sgd":
-        return keras.optimizers.SGD(lr)
-    return keras.optimizers.AdamW(lr, weight_decay=spec.weight_decay)
+        return keras.optimizers.SGD(lr, momentum=spec.momentum, weight_decay=spec.weight_decay or None)
+    return keras.optimizers.AdamW(lr, weight_decay=spec.weight_decay, beta_1=ADAMW_BETAS[0], beta_2=ADAMW_BETAS[1],
+                                  epsilon=ADAMW_EPSILON)
 
 
 class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
+    """The core's rule (`unicompress.reference.training`) in the graph: the factor of step s is the core's
+    value for s, 1.0 once warm-up is over."""
+
     def __init__(self, peak: float, warmup: int):
         self.peak, self.warmup = float(peak), int(warmup)
+        self.factors = tf.constant(np.append(warmup_factors(warmup), 1.0), tf.float32)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32) + 1.0
-        return self.peak * tf.minimum(1.0, step / float(self.warmup))
+        index = tf.minimum(tf.cast(step, tf.int32), self.warmup)
+        return self.peak * tf.gather(self.factors, index)
 
     def get_config(self) -> dict:
         return {"peak": self.peak, "warmup": self.warmup}

@@ -5,7 +5,6 @@ Every method imports its framework module (layers, pruning, ...) on first use, s
 """
 from __future__ import annotations
 
-import copy as _copy
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -14,7 +13,7 @@ import numpy as np
 from unicompress.backend.adapter import Adapter
 from unicompress.backend.capabilities import Capabilities
 from unicompress.errors import Problem
-from unicompress.backend.types import Inputs, LayerInfo, LayerStats, QuantizedTensor, TransformerStructure
+from unicompress.backend.types import Inputs, LayerInfo, LayerStats
 from unicompress.specs import DistillationSpec, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec
 
 from .capabilities import torch_capabilities
@@ -37,6 +36,9 @@ class TorchAdapter(Adapter):
                      FineTuneSpec: ("training", "apply_finetune"),
                      QuantizationSpec: ("quantization", "apply_quantization"),
                      DistillationSpec: ("distillation", "apply_distillation")}
+    answers = {"structure": ("layers", "structure"), "set_weights": ("layers", "set_weights"),
+               "quantized_weights": ("quantization", "quantized_weights"), "export_native": ("export", "export_native"),
+               "neutral_weights": ("models", "neutral_weights"), "build_model": ("models", "build_model")}
 
     # ---- pure data ----------------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
@@ -63,26 +65,14 @@ class TorchAdapter(Adapter):
         return out
 
     # ---- plumbing ------------------------------------------------------------------------------
-    def copy(self, model: Any) -> Any:
-        return _copy.deepcopy(model)
-
     def layers(self, model: Any) -> list[LayerInfo]:
         return [r.info() for r in self.module("layers").discover(model)]
-
-    def structure(self, model: Any) -> Optional[TransformerStructure]:
-        return self.module("layers").structure(model)
 
     def weights(self, model: Any, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
         quant = self._quantization()
         if quant is not None and quant.is_quantized(model):  # quantized layers are no nn.Linear any more
             return quant.dequantized_weights(model, list(names) if names is not None else None)
         return self.module("layers").weights(model, names)
-
-    def set_weights(self, model: Any, weights: dict[str, np.ndarray]) -> None:
-        self.module("layers").set_weights(model, weights)
-
-    def quantized_weights(self, model: Any) -> dict[str, QuantizedTensor]:
-        return self.module("quantization").quantized_weights(model)
 
     def run(self, model: Any, inputs: Inputs) -> np.ndarray:
         torch, = self.require("torch")
@@ -108,7 +98,6 @@ class TorchAdapter(Adapter):
         except ImportError:
             return None
 
-    # ---- compression ---------------------------------------------------------------------------
     # ---- export ---------------------------------------------------------------------------------
     def export_onnx(self, model: Any, path: Path, example: Inputs, opset: int = 17) -> Path:
         quant = self._quantization()
@@ -116,12 +105,3 @@ class TorchAdapter(Adapter):
             return quant.export_onnx(model, path, example, opset)
         return self.module("export").export_onnx(model, path, example, opset)
 
-    def export_native(self, model: Any, directory: Path) -> Path:
-        return self.module("export").export_native(model, directory)
-
-    # ---- zoo -------------------------------------------------------------------------------------
-    def neutral_weights(self, model: Any) -> dict[str, np.ndarray]:
-        return self.module("models").neutral_weights(model)
-
-    def build_model(self, zoo: str, **kwargs: Any) -> Any:
-        return self.module("models").build_model(zoo, **kwargs)

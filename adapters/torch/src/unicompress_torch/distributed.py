@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from unicompress.backend.parallel import shard_rows
 from unicompress.errors import UnicompressError
 from unicompress.specs import TrainingSpec
 
@@ -162,14 +163,8 @@ class DataParallel:
               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
         """This rank's rows ``rank::world_size`` of a global batch, on the model's device, and the loss scale
         ``world_size * n_local / n_global`` that makes DDP's average the full-batch mean gradient."""
-        n = int(labels.shape[0])
-        if n < self.world_size:
-            raise ValueError(f"a training batch has {n} example(s), fewer than the {self.world_size} data-parallel "
-                             "ranks: use batches of at least world_size examples")
-        rows = slice(self.rank, None, self.world_size)
-        local = {k: v[rows].to(self.device) for k, v in inputs.items()}
-        mine = labels[rows].to(self.device)
-        return local, mine, self.world_size * int(mine.shape[0]) / n
+        local, mine, share = shard_rows(inputs, labels, self.rank, self.world_size)
+        return {k: v.to(self.device) for k, v in local.items()}, mine.to(self.device), self.world_size * share
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The average of a (scaled) scalar over ranks: the global loss, identical on every rank."""

@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize, prune
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import Inputs, TaskData
 from unicompress.specs import FineTuneSpec, Optimizer, TrainingSpec
+from unicompress.reference.training import ADAMW_BETAS, ADAMW_EPSILON, warmup_factors
 
 from .distributed import data_parallel_for
 
@@ -113,18 +114,21 @@ def batches_forever(data: TaskData, batch_size: Optional[int] = None
         yield to_torch_inputs(x), torch.as_tensor(np.asarray(y, dtype=np.int64))
 
 
-def _lr_factor(step: int, warmup: int) -> float:
-    # linear warmup to the peak, then constant: short compression stages should not decay to zero
-    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+def make_schedule(optimizer: Any, training: TrainingSpec) -> Any:
+    """The core's learning-rate rule (`unicompress.reference.training`: linear warm-up from step 0, then the
+    peak) as a LambdaLR over `optimizer`'s peak learning rate."""
+    factors = warmup_factors(training.warmup_steps).tolist()
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: factors[s] if s < len(factors) else 1.0)
 
 
 def make_optimizer(params: Iterable[torch.Tensor], training: TrainingSpec) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum 0.9) as the spec says."""
+    """AdamW or SGD with the core's hyper-parameters (`unicompress.reference.training`)."""
     params = list(params)
     if training.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(params, lr=training.learning_rate, momentum=0.9,
+        return torch.optim.SGD(params, lr=training.learning_rate, momentum=training.momentum,
                                weight_decay=training.weight_decay)
-    return torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
+    return torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay,
+                             betas=ADAMW_BETAS, eps=ADAMW_EPSILON)
 
 
 def _zero_masks(model: nn.Module) -> list[nn.Module]:
@@ -213,7 +217,7 @@ def _train_loop(model: nn.Module, data: TaskData, training: TrainingSpec, ctx: O
     # DDP wraps after the temporary masks exist, so it registers weight_orig (the same Parameter object)
     trained = dp.wrap(model) if dp is not None else model
     optimizer = make_optimizer(params, training)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, training.warmup_steps))
+    schedule = make_schedule(optimizer, training)
     every = training.log_every or 1
     batches = batches_forever(data, training.batch_size)
     model.train()
@@ -275,4 +279,4 @@ def first_batch(data: TaskData) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
 
 
 __all__ = ["to_torch_inputs", "forward_logits", "call_model", "logits_of", "cross_entropy_loss", "train_loop",
-           "make_optimizer", "apply_finetune", "batches_forever", "first_batch", "TENSOR_KEY"]
+           "make_optimizer", "make_schedule", "apply_finetune", "batches_forever", "first_batch", "TENSOR_KEY"]

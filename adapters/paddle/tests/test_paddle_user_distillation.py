@@ -79,8 +79,11 @@ def test_feature_loss_pairs_the_layer_map_blocks_and_falls():
     spec = DistillationSpec(kinds=["feature"], feature_loss="mse", alpha=1.0, layer_map=[(0, 1), (1, 0)],
                             training={"steps": 12, "learning_rate": 2e-3, "batch_size": 4})
     x = _x(0)
-    # the first step's loss is the mean over the map's pairs of the hidden-state MSE, before any update
-    want = np.mean([np.mean((_block_hidden(student, x, s) - _block_hidden(teacher, x, t)) ** 2)
+    # the first step's loss is the mean over the map's pairs of the hidden-state MSE over the real tokens
+    # (attention_mask 1: padding is no part of the loss on any backend), before any update
+    real = np.asarray(_tensors(x)[1].numpy(), bool)
+    assert not real.all()  # the batch has padding, so the mask matters here
+    want = np.mean([np.mean(((_block_hidden(student, x, s) - _block_hidden(teacher, x, t)) ** 2).mean(-1)[real])
                     for s, t in spec.layer_map])
     ctx = StageContext(teacher=teacher)
     A.apply(student, spec, task_data(), ctx)

@@ -62,9 +62,13 @@ def test_feature_loss_pairs_the_layer_map_blocks_and_falls():
     spec = DistillationSpec(kinds=["feature"], feature_loss="mse", alpha=1.0, layer_map=[(0, 1), (1, 0)],
                             training={"steps": 12, "learning_rate": 2e-3, "batch_size": 4})
     x = _inputs(0)
-    # the first step's loss is exactly the sum over the map's pairs of the hidden-state MSE, before any update
-    want = sum(float(np.mean((_hidden(student, f"enc{s}.ffn_norm", x) - _hidden(teacher, f"enc{t}.ffn_norm", x))
-                             ** 2)) for s, t in spec.layer_map)
+    # the first step's loss is the MEAN over the map's pairs of the hidden-state MSE over the real tokens
+    # (attention_mask 1), before any update: the meaning on every backend (it was the sum over pairs, with padding
+    # in, on TensorFlow only)
+    real = np.asarray(x["attention_mask"], bool)
+    assert not real.all()  # the batch has padding, so the mask matters here
+    want = float(np.mean([np.mean(((_hidden(student, f"enc{s}.ffn_norm", x) - _hidden(teacher, f"enc{t}.ffn_norm", x))
+                                   ** 2).mean(-1)[real]) for s, t in spec.layer_map]))
     ctx = StageContext(teacher=teacher)
     A.apply(student, spec, _data(1), ctx)
     assert [(int(s), int(t)) for s, t in ctx.history["layer_map"]] == [(0, 1), (1, 0)]

@@ -5,11 +5,11 @@ The blocks are the model's one LayerList of attention blocks (`models.block_list
 `nn.TransformerEncoder`'s layers); hidden states come from the zoo's `features` or from forward post-hooks on
 those blocks (`features`); the student is a copy with only the kept blocks in that LayerList.
 
-Losses: response = T^2 * KL(teacher || student) on softened logits and feature 'mse' use PaddleSlim's
-dygraph distillation losses (`paddleslim.dygraph.dist.losses`: KLLoss, MSELoss; the same modules the
-`paddleslim.dygraph.dist.Distill` wrapper combines, which also works on Paddle 3 - see the tests);
-feature 'cosine' and relation (MiniLM: attention-distribution and value-relation KL) have no PaddleSlim
-loss and are computed with Paddle ops.
+Losses: response = T^2 * KL(teacher || student) on softened logits uses PaddleSlim's dygraph distillation
+loss (`paddleslim.dygraph.dist.losses.KLLoss`, the module the `paddleslim.dygraph.dist.Distill` wrapper combines,
+which also works on Paddle 3 - see the tests). Feature losses (mse, cosine) are per-token errors averaged over the
+real tokens (attention_mask 1; PaddleSlim's MSELoss would average padding in) and over the layer-map pairs, as on
+every backend; relation (MiniLM: attention-distribution and value-relation KL) has no PaddleSlim loss either.
 Teacher and student with different tokenizers: the core's data carries the teacher's own ids of the same rows
 (``data.extra["teacher_data"]``, batches with ``teacher_*`` keys; `unicompress.data.teacher`); the loop hands
 the student's and the teacher's tensors and each model reads its own.
@@ -112,6 +112,14 @@ def _set_record(model: Any, on: bool) -> list[Any]:
     return atts
 
 
+def _token_mean(err: Any, mask: Any) -> Any:
+    """The mean of a per-token error [batch, tokens] over the real tokens (attention_mask 1)."""
+    if mask is None or len(mask.shape) != 2 or list(mask.shape) != list(err.shape):
+        return err.mean()
+    m = mask.astype(err.dtype)
+    return (err * m).sum() / paddle.clip(m.sum(), min=1.0)
+
+
 def _kl_rows(p_teacher, p_student):
     """Mean over rows of KL(p_t || p_s) for probability rows on the last axis."""
     eps = 1e-12
@@ -142,7 +150,7 @@ def _reads(model: Any, names: tuple[str, ...]):
 def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContext) -> Any:
     """DistillationSpec handler: returns the trained student."""
     compat.paddleslim()
-    from paddleslim.dygraph.dist.losses.basic_loss import KLLoss, MSELoss
+    from paddleslim.dygraph.dist.losses.basic_loss import KLLoss
 
     teacher = ctx.teacher if ctx.teacher is not None else copy.deepcopy(model)
     teacher.eval()
@@ -168,7 +176,7 @@ def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContex
         _require_relation(student, pairs, "student")
         _require_relation(teacher, pairs, "teacher")
     T, alpha = spec.temperature, spec.alpha
-    kl, mse = KLLoss(act="softmax", reduction="mean"), MSELoss()
+    kl = KLLoss(act="softmax", reduction="mean")
     t_atts = _set_record(teacher, DistillKind.relation in kinds)
     s_atts = _set_record(student, DistillKind.relation in kinds)
 
@@ -190,6 +198,8 @@ def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContex
         with paddle.no_grad():
             t_out = features(teacher, *split(tensors)[1])
         loss = paddle.zeros([])
+        s_tensors = split(tensors)[0]
+        mask = s_tensors[s_names.index("attention_mask")] if "attention_mask" in s_names else None
         if DistillKind.response in kinds:
             # PaddleSlim's KLLoss averages over B*C elements; * C gives the batch mean, * T^2 the usual scale
             loss = loss + kl(s_logits / T, t_out["logits"] / T) * (T * T * s_logits.shape[-1])
@@ -197,9 +207,9 @@ def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContex
             s_hidden = student_hidden[0]
             for s, t in pairs:
                 hs, ht = s_hidden[s + 1], t_out["hidden_states"][t + 1]
-                f = mse(hs, ht) if spec.feature_loss is FeatureLoss.mse else \
-                    (1 - F.cosine_similarity(hs, ht, axis=-1)).mean()
-                loss = loss + f * spec.feature_weight / len(pairs)
+                err = ((hs - ht) ** 2).mean(-1) if spec.feature_loss is FeatureLoss.mse else \
+                    1 - F.cosine_similarity(hs, ht, axis=-1)
+                loss = loss + _token_mean(err, mask) * spec.feature_weight / len(pairs)
         if DistillKind.relation in kinds:
             for s, t in pairs:
                 sa, ta = s_atts[s], t_atts[t]

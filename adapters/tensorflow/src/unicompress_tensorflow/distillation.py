@@ -350,6 +350,15 @@ def input_feed(student: keras.Model, teacher: keras.Model) -> keras.Model:
     return keras.Model(inputs, list(inputs.values()), name="distillation_inputs")
 
 
+def _token_mean(err: tf.Tensor, mask: Any) -> tf.Tensor:
+    """The mean of a per-token error [batch, tokens] over the real tokens (attention_mask 1): padding is no
+    part of the loss, as on every backend."""
+    if mask is None or len(mask.shape) != 2 or len(err.shape) != 2:
+        return tf.reduce_mean(err)
+    m = tf.cast(mask, err.dtype)
+    return tf.reduce_sum(err * m) / tf.maximum(tf.reduce_sum(m), 1.0)
+
+
 def apply_distillation(model: Any, spec: DistillationSpec, data: Optional[TaskData], ctx: StageContext) -> Any:
     """Train the student (built from `model` when spec.student is set) to imitate ctx.teacher."""
     teacher = ctx.teacher if ctx.teacher is not None else model
@@ -397,23 +406,24 @@ def apply_distillation(model: Any, spec: DistillationSpec, data: Optional[TaskDa
         distill = tf.constant(0.0)
         if DistillKind.response in spec.kinds:
             distill += T * T * _kl(tf.nn.log_softmax(t_out["logits"] / T), tf.nn.log_softmax(s_out["logits"] / T))
+        mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+        pairs = max(len(layer_map), 1)  # the core's meaning: feature and relation terms averaged over the pairs
         for si, ti in layer_map:
             if DistillKind.feature in spec.kinds:
                 hs, ht = s_out[f"hidden{si}"], t_out[f"hidden{ti}"]
                 if si in projections:
                     hs = projections[si](hs)
                 if spec.feature_loss is FeatureLoss.mse:
-                    f = tf.reduce_mean(tf.square(hs - ht))
+                    err = tf.reduce_mean(tf.square(hs - ht), -1)
                 else:
-                    cos = tf.reduce_sum(tf.math.l2_normalize(hs, -1) * tf.math.l2_normalize(ht, -1), -1)
-                    f = tf.reduce_mean(1.0 - cos)
-                distill += spec.feature_weight * f
+                    err = 1.0 - tf.reduce_sum(tf.math.l2_normalize(hs, -1) * tf.math.l2_normalize(ht, -1), -1)
+                distill += spec.feature_weight * _token_mean(err, mask) / pairs
             if DistillKind.relation in spec.kinds:
                 n_t = sum(1 for k in t_out if k.startswith(f"att{ti}_"))
                 n_s = sum(1 for k in s_out if k.startswith(f"att{si}_"))
                 a_t, v_t = _relation_logs(t_att[ti], *[t_out[f"att{ti}_{j}"] for j in range(n_t)])
                 a_s, v_s = _relation_logs(s_att[si], *[s_out[f"att{si}_{j}"] for j in range(n_s)])
-                distill += spec.relation_weight * (_kl(a_t, a_s) + _kl(v_t, v_s))
+                distill += spec.relation_weight * (_kl(a_t, a_s) + _kl(v_t, v_s)) / pairs
         return alpha * distill + (1.0 - alpha) * task
 
     variables = list(student.trainable_variables)

@@ -27,11 +27,11 @@ ROWS = [
     ("quantization", "granularity", ["per_tensor", "per_channel"], N),
     ("quantization", "calibration.method", ["minmax", "percentile", "mse"], N),
     ("quantization", "overrides", [True], N),
-    # distillation: PaddleSlim's dygraph losses where it has them (KLLoss, MSELoss), Paddle ops otherwise
-    ("distillation", "kinds", ["response", "feature"], N),
-    ("distillation", "kinds", ["relation"], E),
-    ("distillation", "feature_loss", ["mse"], N),
-    ("distillation", "feature_loss", ["cosine"], E),
+    # distillation: PaddleSlim's KLLoss for the response; feature losses are masked per-token errors (PaddleSlim's
+    # MSELoss would average padding in) and relation has no PaddleSlim loss: Paddle ops
+    ("distillation", "kinds", ["response"], N),
+    ("distillation", "kinds", ["feature", "relation"], E),
+    ("distillation", "feature_loss", ["mse", "cosine"], E),
     ("distillation", "student", ["drop_layers"], E),
     # low rank
     ("low_rank", "by", ["rank", "energy"], E),
@@ -56,8 +56,9 @@ NOTES = {
                     "integers one step off the float64 reference at ties, inside the suite's tolerance); 'log' mapping emulated by a log fake-quant Linear (weight_only, qat). "
                     "ONNX: paddle2onnx cannot map int8 quantize_linear, QDQ nodes are re-inserted with Paddle's "
                     "integers and scales.",
-    "distillation": "response = PaddleSlim KLLoss, feature mse = PaddleSlim MSELoss, feature cosine and relation "
-                    "(MiniLM attention + value relations) with Paddle ops; frozen teacher; student by dropping "
+    "distillation": "response = PaddleSlim KLLoss; feature mse / cosine (per-token errors over the real tokens, "
+                    "averaged over the layer-map pairs) and relation (MiniLM attention + value relations) with "
+                    "Paddle ops; frozen teacher; student by dropping "
                     "layers (num_layers keeps evenly spaced layers incl. first and last); equal widths only.",
     "finetune": "data_parallel: paddle.distributed.init_parallel_env (gloo on CPU) + paddle.DataParallel under "
                 "`python -m paddle.distributed.launch`; every rank takes rows rank::world_size of the global batch; "

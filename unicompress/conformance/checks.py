@@ -196,6 +196,35 @@ def check_loss_falls(adapter, o: Outcome) -> CheckResult:
                    {"loss_first": first, "loss_last": last}, msg)
 
 
+@check("first_loss")
+def check_first_loss(adapter, o: Outcome) -> CheckResult:
+    """The loss logged at the first training step equals the core's meaning of the spec
+    (`unicompress.reference.distillation.first_step_loss`, float64 numpy on the same zoo weights and the same first
+    batch, padding included): one number that every term of the loss, its masking and its averaging feed."""
+    from .. import zoo
+    from ..reference.distillation import first_step_loss
+    from ..zoo.reference import bert_features
+    from .cases import task_data
+    from .runner import teacher_weights
+
+    points = o.history.get("loss", [])
+    if not points:
+        return _result("first_loss", ["ctx.history['loss'] is empty; log the loss every step"])
+    cfg = zoo.config_for(o.case.model)
+    inputs, labels = next(iter(task_data(o.case.model, padded=o.case.padded).endless_train(
+        o.case.spec.training.batch_size)))
+    student = bert_features(cfg, zoo.weights_for(o.case.model, cfg, seed=o.case.student_seed or 0), inputs)
+    teacher = bert_features(cfg, teacher_weights(o.case.model), inputs)
+    want = first_step_loss(o.case.spec, teacher, student, inputs["attention_mask"], labels)
+    got = float(points[0][1])
+    tol = o.case.tolerance.first_loss_rtol * max(abs(want["total"]), 1e-3)
+    terms = ", ".join(f"{k} {v:.6f}" for k, v in want.items())
+    msg = f"first loss {got:.6f}, the core's {want['total']:.6f} ({terms})"
+    return _result("first_loss", [] if abs(got - want["total"]) <= tol else [f"{msg}: off by more than "
+                                                                             f"{o.case.tolerance.first_loss_rtol:.0e}"],
+                   {"first_loss": got, "reference": want["total"]}, msg)
+
+
 @check("refused")
 def check_refused(adapter, o: Outcome) -> CheckResult:
     """The stage was refused before work, exactly as the core planner refuses it: the same error type and

@@ -8,6 +8,8 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -63,6 +65,14 @@ MUTATIONS: dict[str, Mutation] = {
     "reversed_layer_map": Mutation("pairs the student's layers with the teacher's in reverse order",
                                    (("distillation/feature-mse", "layer_map"),
                                     ("distillation/user-encoder-feature-mse", "layer_map"))),
+    "summed_pairs": Mutation("adds the feature and relation terms of the layer map's pairs instead of averaging "
+                             "them (TensorFlow's old loss: 2 pairs gave twice the loss)",
+                             (("distillation/feature-explicit-map", "first_loss"),
+                              ("distillation/padded-feature-mse-and-task", "first_loss"))),
+    "padding_counted": Mutation("trains on the batches with every attention_mask set to 1, so padded tokens count "
+                                "in the losses (TensorFlow's and Paddle's old feature and relation losses)",
+                                (("distillation/padded-feature-mse-and-task", "first_loss"),
+                                 ("distillation/padded-relation", "first_loss"))),
     "clamped_nm": Mutation("shrinks an N:M group that does not tile a layer to the largest m that does "
                            "(63:64 -> 31:32) instead of refusing", (("pruning/nm-63-64-refused", "refused"),)),
     "capped_nm": Mutation("caps N:M sparsity at n = m/2", (("pruning/nm-63-64-wide-layers", "sparsity"),)),
@@ -164,6 +174,13 @@ class MutantAdapter(Adapter):
                 and spec.layer_map is None and {DistillKind.feature, DistillKind.relation} & set(spec.kinds):
             spec = _wrong_layer_map(spec, self._depth(ctx.teacher if ctx.teacher is not None else model),
                                     kept=m == "kept_layers_map")
+        elif m == "summed_pairs" and isinstance(spec, DistillationSpec) and \
+                {DistillKind.feature, DistillKind.relation} & set(spec.kinds):
+            pairs = len(spec.resolved_layer_map(self._depth(model), self._depth(ctx.teacher or model)))
+            spec = spec.model_copy(update={"feature_weight": spec.feature_weight * pairs,
+                                           "relation_weight": spec.relation_weight * pairs})
+        elif m == "padding_counted" and isinstance(spec, DistillationSpec) and data is not None:
+            data = _unpadded(data)
         elif m == "aligned_end_step" and isinstance(spec, PruningSpec) and spec.schedule.kind.value == "polynomial":
             sch = spec.schedule
             aligned = sch.begin_step + (sch.end_step - sch.begin_step) // sch.frequency * sch.frequency
@@ -209,6 +226,20 @@ class MutantAdapter(Adapter):
 
 
 # ---- spec rewrites of the mutations (each a plausible, wrong reading of the spec) ------------------------------
+
+def _unpadded(data: TaskData) -> TaskData:
+    """The same batches with every attention_mask set to 1 (padded tokens become real ones)."""
+    def ones(batches):
+        def gen():
+            for x, y in batches():
+                x = dict(x)
+                if "attention_mask" in x:
+                    x["attention_mask"] = np.ones_like(x["attention_mask"])
+                yield x, y
+        return gen
+
+    return dataclasses.replace(data, train=ones(data.train)) if data.train is not None else data
+
 
 def _rewrite_overrides(spec: QuantizationSpec, names: list[str], first_match: bool) -> QuantizationSpec:
     """The same spec with one exact-name override per layer, resolved by a wrong rule: the first matching

@@ -126,7 +126,7 @@ class CaseRunner:
                           workdir=workdir)
         except Exception:  # the model cannot even be built: every check of the case fails with this
             return Outcome(case, self.name, None, {}, [], None, error=_tail(traceback.format_exc()), workdir=workdir)
-        data = task_data(case.model)
+        data = task_data(case.model, padded=case.padded)
         try:
             with case_environment(case.env):
                 self._apply(case, out, original, data)

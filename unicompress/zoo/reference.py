@@ -7,7 +7,7 @@ Weights are the neutral dict of ``zoo.weights_for`` (``<layer>.weight`` [out, in
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -28,20 +28,25 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
 
 
-def _attention(x: np.ndarray, w: dict, prefix: str, heads: int, mask_add: Any = 0.0) -> np.ndarray:
-    """Multi-head self-attention of one block (``<prefix>.attention.self.{query,key,value}``, output dense)."""
+def _attention(x: np.ndarray, w: dict, prefix: str, heads: int, mask_add: Any = 0.0,
+               taps: Optional[dict] = None) -> np.ndarray:
+    """Multi-head self-attention of one block (``<prefix>.attention.self.{query,key,value}``, output dense);
+    `taps` receives the block's per-head q, k, v [B, heads, L, d] when given."""
     b, n, h = x.shape
     d = h // heads
     q, k, v = (_lin(x, w, f"{prefix}.attention.self.{p}").reshape(b, n, heads, d).transpose(0, 2, 1, 3)
                for p in ("query", "key", "value"))
+    if taps is not None:
+        taps.update(q=q, k=k, v=v)
     s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + mask_add
     p = np.exp(s - s.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     return _lin((p @ v).transpose(0, 2, 1, 3).reshape(b, n, h), w, f"{prefix}.attention.output.dense")
 
 
-def bert_logits(config: Any, weights: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The zoo BERT's logits (``zoo.bert`` semantics: post-LayerNorm blocks, additive -1e9 mask, tanh pooler)."""
+def bert_features(config: Any, weights: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The zoo BERT's logits, every block's output (``hidden``, after its last LayerNorm) and every block's
+    per-head q, k, v (``attention``: a list of dicts): what distillation losses read."""
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     e, eps = "bert.embeddings", config.layer_norm_eps
@@ -49,13 +54,23 @@ def bert_logits(config: Any, weights: dict[str, np.ndarray], inputs: dict[str, n
         + w[f"{e}.token_type_embeddings.weight"][0]
     x = _ln(x, w, f"{e}.LayerNorm", eps)
     mask_add = ((1.0 - mask) * -1e9)[:, None, None, :]
+    hidden, attention = [], []
     for i in range(config.num_hidden_layers):
         p = f"bert.encoder.layer.{i}"
-        x = _ln(x + _attention(x, w, p, config.num_attention_heads, mask_add), w, f"{p}.attention.output.LayerNorm",
-                eps)
+        taps: dict = {}
+        x = _ln(x + _attention(x, w, p, config.num_attention_heads, mask_add, taps), w,
+                f"{p}.attention.output.LayerNorm", eps)
         x = _ln(x + _lin(_gelu(_lin(x, w, f"{p}.intermediate.dense")), w, f"{p}.output.dense"), w,
                 f"{p}.output.LayerNorm", eps)
-    return _lin(np.tanh(_lin(x[:, 0], w, "bert.pooler.dense")), w, "classifier")
+        hidden.append(x)
+        attention.append(taps)
+    logits = _lin(np.tanh(_lin(x[:, 0], w, "bert.pooler.dense")), w, "classifier")
+    return {"logits": logits, "hidden": hidden, "attention": attention}
+
+
+def bert_logits(config: Any, weights: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The zoo BERT's logits (``zoo.bert`` semantics: post-LayerNorm blocks, additive -1e9 mask, tanh pooler)."""
+    return bert_features(config, weights, inputs)["logits"]
 
 
 def vit_logits(config: Any, weights: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -120,15 +120,24 @@ def _token_mean(err: Any, mask: Any) -> Any:
     return (err * m).sum() / paddle.clip(m.sum(), min=1.0)
 
 
-def _kl_rows(p_teacher, p_student):
-    """Mean over rows of KL(p_t || p_s) for probability rows on the last axis."""
+def _kl_rows(p_teacher, p_student, mask=None):
+    """Mean of KL(p_t || p_s) over probability rows [B, heads, L, L]: over the heads and the real query rows
+    (mask [B, L]; padding rows left out, as on every backend)."""
     eps = 1e-12
-    return (p_teacher * (paddle.log(p_teacher + eps) - paddle.log(p_student + eps))).sum(-1).mean()
+    kl = (p_teacher * (paddle.log(p_teacher + eps) - paddle.log(p_student + eps))).sum(-1)
+    if mask is None or len(kl.shape) != 3:
+        return kl.mean()
+    w = paddle.expand(mask.astype(kl.dtype).unsqueeze(1), kl.shape)
+    return (kl * w).sum() / paddle.clip(w.sum(), min=1.0)
 
 
-def _value_relation(v):
+def _value_relation(v, mask=None):
+    """softmax(v v^T / sqrt(d)) over the real keys (mask [B, L]), like the attention distribution itself."""
     d = v.shape[-1]
-    return F.softmax(paddle.matmul(v, v, transpose_y=True) / math.sqrt(d), axis=-1)
+    scores = paddle.matmul(v, v, transpose_y=True) / math.sqrt(d)
+    if mask is not None:
+        scores = scores + ((1.0 - mask.astype(scores.dtype)) * -1e9).unsqueeze(1).unsqueeze(1)
+    return F.softmax(scores, axis=-1)
 
 
 @contextlib.contextmanager
@@ -213,8 +222,8 @@ def distill(model: Any, spec: DistillationSpec, data: TaskData, ctx: StageContex
         if DistillKind.relation in kinds:
             for s, t in pairs:
                 sa, ta = s_atts[s], t_atts[t]
-                r = _kl_rows(ta.last_probs, sa.last_probs) + \
-                    _kl_rows(_value_relation(ta.last_values), _value_relation(sa.last_values))
+                r = _kl_rows(ta.last_probs, sa.last_probs, mask) + \
+                    _kl_rows(_value_relation(ta.last_values, mask), _value_relation(sa.last_values, mask), mask)
                 loss = loss + r * spec.relation_weight / len(pairs)
         return loss * alpha
 

@@ -319,9 +319,14 @@ def tapped(model: keras.Model, spec: DistillationSpec, blocks: list[Any]) -> ker
     return keras.Model(model.inputs, outputs)
 
 
-def _kl(p_log_teacher: tf.Tensor, q_log_student: tf.Tensor) -> tf.Tensor:
-    """KL(teacher || student) from log-probabilities along the last axis, averaged over the rest."""
-    return tf.reduce_mean(tf.reduce_sum(tf.exp(p_log_teacher) * (p_log_teacher - q_log_student), -1))
+def _kl(p_log_teacher: tf.Tensor, q_log_student: tf.Tensor, mask: Any = None) -> tf.Tensor:
+    """KL(teacher || student) from log-probabilities along the last axis, averaged over the rest; for relations
+    [B, heads, L, L] with a mask [B, L], over the heads and the real query rows only (padding rows left out)."""
+    kl = tf.reduce_sum(tf.exp(p_log_teacher) * (p_log_teacher - q_log_student), -1)
+    if mask is None or len(kl.shape) != 3 or len(mask.shape) != 2:
+        return tf.reduce_mean(kl)
+    w = tf.broadcast_to(tf.cast(mask, kl.dtype)[:, None, :], tf.shape(kl))
+    return tf.reduce_sum(kl * w) / tf.maximum(tf.reduce_sum(w), 1.0)
 
 
 def _relation_logs(att: ScaledDotProductAttention, q, k, v, bias=None) -> tuple[tf.Tensor, tf.Tensor]:
@@ -423,7 +428,7 @@ def apply_distillation(model: Any, spec: DistillationSpec, data: Optional[TaskDa
                 n_s = sum(1 for k in s_out if k.startswith(f"att{si}_"))
                 a_t, v_t = _relation_logs(t_att[ti], *[t_out[f"att{ti}_{j}"] for j in range(n_t)])
                 a_s, v_s = _relation_logs(s_att[si], *[s_out[f"att{si}_{j}"] for j in range(n_s)])
-                distill += spec.relation_weight * (_kl(a_t, a_s) + _kl(v_t, v_s)) / pairs
+                distill += spec.relation_weight * (_kl(a_t, a_s, mask) + _kl(v_t, v_s, mask)) / pairs
         return alpha * distill + (1.0 - alpha) * task
 
     variables = list(student.trainable_variables)

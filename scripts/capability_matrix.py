@@ -24,15 +24,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=None,
                         help="replace the block between the capability-matrix markers of this README")
     args = parser.parse_args(argv)
-    from unicompress.conformance.report import agreement_markdown, capability_matrix_markdown, cross_markdown
+    from unicompress.conformance.report import (agreement_markdown, capability_matrix_markdown, cross_markdown,
+                                                first_loss_markdown)
 
     data = json.loads(args.report.read_text())
     text = capability_matrix_markdown(data)
     text += ("\n### One spec, one meaning: cases where the backends used to disagree\n\n"
              "Overlapping overrides, default and explicit distillation layer maps, and edge values (N:M 63:64, head "
-             "sparsity 0.99, blocks larger than a layer, a schedule whose end is off its frequency): each backend's "
+             "sparsity 0.99, blocks larger than a layer, a schedule whose end is off its frequency), distillation losses on "
+             "padded rows: each backend's "
              "verdict on the same case (refused: by the core planner, with the same error everywhere).\n\n"
              + agreement_markdown(data))
+    first = first_loss_markdown(data)
+    if first:
+        text += ("\n### The first distillation loss, per backend\n\n"
+                 "The loss each backend logs at the first training step, beside the core's float64 numpy value on the "
+                 "same weights and batch (`unicompress.reference.distillation`; padded cases: rows end in padding). "
+                 "Before the fix TensorFlow summed the layer-map pairs and TensorFlow and Paddle averaged padding in.\n\n"
+                 + first)
     if data.get("cross_backend"):
         text += "\n### Cross-backend agreement\n\n" + cross_markdown(data["cross_backend"])
     if args.readme is not None:

@@ -131,7 +131,32 @@ AGREEMENT_CASES = ("quantization/overrides-overlapping", "quantization/overrides
                    "distillation/feature-drop-layers-explicit-map", "distillation/feature-minilm-6-to-3",
                    "distillation/user-encoder-feature-mse", "distillation/user-encoder-feature-drop-layers",
                    "pruning/nm-63-64-refused", "pruning/nm-63-64-wide-layers", "pruning/head-99-refused",
-                   "pruning/block-64x64-refused", "pruning/polynomial-end-off-frequency")
+                   "pruning/block-64x64-refused", "pruning/polynomial-end-off-frequency",
+                   "distillation/padded-feature-mse-and-task", "distillation/padded-feature-cosine",
+                   "distillation/padded-relation")
+
+
+def first_loss_markdown(data: dict) -> str:
+    """The first logged distillation loss of every case with a ``first_loss`` check, per backend, beside the
+    core's float64 reference: the same number everywhere is what "one meaning" looks like."""
+    names = [n for n, b in data["backends"].items() if not b.get("load_error")]
+    rows: dict[str, dict[str, Any]] = {}
+    for n in names:
+        for cid, c in data["backends"][n].get("cases", {}).items():
+            r = c.get("checks", {}).get("first_loss")
+            if c.get("mode") == "claimed" and r and r.get("numbers"):
+                row = rows.setdefault(cid, {"reference": r["numbers"].get("reference")})
+                row[n] = (r["numbers"].get("first_loss"), r.get("passed"))
+    if not rows:
+        return ""
+    lines = ["| case | reference | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for cid in sorted(rows):
+        cells = []
+        for n in names:
+            got = rows[cid].get(n)
+            cells.append("-" if got is None else f"{got[0]:.6f}" + ("" if got[1] is not False else " **FAIL**"))
+        lines.append(f"| `{cid}` | {rows[cid]['reference']:.6f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def agreement_markdown(data: dict, case_ids: Sequence[str] = AGREEMENT_CASES) -> str:

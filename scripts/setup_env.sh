@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -m pip install -q --upgrade pip "setuptools<81" wheel
 # torch==2.13.0 is pinned exactly (constraints.txt): a looser pin pulls a multi-GB CUDA build (STACK.md).
 .venv/bin/python -m pip install -q -c constraints.txt \
-  -e ".[dev,data,plot]" \
+  -e ".[dev,data,plot,deploy]" \
   -e adapters/torch -e adapters/tensorflow -e adapters/paddle \
   -e adapters/onnx
 # Parquet files and Hugging Face datasets as data sources (unicompress.data); tests skip them when absent

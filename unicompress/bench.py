@@ -5,7 +5,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -29,9 +29,9 @@ class Latency:
         return asdict(self)
 
 
-def synthetic_inputs(session, batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of the declared names and types: token ids below 1000 (valid in any BERT vocabulary),
-    an all-ones attention mask, images in [0, 1) of the declared spatial size."""
+def synthetic_inputs(session, batch: int, length: int, seed: int = 0, vocab: int = 1000) -> dict[str, np.ndarray]:
+    """Inputs of the declared names and types: token ids below `vocab` (1000 is valid in any BERT
+    vocabulary), an all-ones attention mask, images in [0, 1) of the declared spatial size."""
     rng = np.random.default_rng(seed)
     out = {}
     for spec in session.get_inputs():
@@ -39,7 +39,7 @@ def synthetic_inputs(session, batch: int, length: int, seed: int = 0) -> dict[st
         if "mask" in spec.name:
             out[spec.name] = np.ones((batch, length), np.int64)
         elif "int" in spec.type:
-            out[spec.name] = (rng.integers(0, 1000, (batch, length)) if "type" not in spec.name
+            out[spec.name] = (rng.integers(0, vocab, (batch, length)) if "type" not in spec.name
                               else np.zeros((batch, length))).astype(np.int64)
         else:
             shape = [batch] + [d or length for d in dims[1:]]
@@ -71,21 +71,38 @@ def measure_latencies(paths: Sequence[Union[str, Path]], batch: int = 1, length:
     """
     sessions = [make_session(p, threads, spinning=False) for p in paths]
     feeds = [feeds_for(s, inputs) if inputs is not None else synthetic_inputs(s, batch, length) for s in sessions]
-    for session, feed in zip(sessions, feeds):
+    times = interleaved_times([lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)], runs, warmup)
+    return [Latency(str(path), batch, length, threads, median(ts), p90(ts), runs, Path(path).stat().st_size / 1e6)
+            for path, ts in zip(paths, times)]
+
+
+def interleaved_times(calls: Sequence[Callable[[], object]], runs: int, warmup: int = 2) -> list[list[float]]:
+    """Milliseconds of `runs` calls of each callable, timed in rounds (A, B, C, A, B, C, ...) after `warmup`
+    untimed calls of each: a change of machine load falls on every callable alike, so their ratios stay steady.
+
+    Example: ``fp32_ms, int8_ms = interleaved_times([lambda: a.run(None, x), lambda: b.run(None, x)], 7)``.
+    """
+    for call in calls:
         for _ in range(warmup):
-            session.run(None, feed)
-    times: list[list[float]] = [[] for _ in paths]
+            call()
+    times: list[list[float]] = [[] for _ in calls]
     for _ in range(runs):
-        for i, (session, feed) in enumerate(zip(sessions, feeds)):
+        for i, call in enumerate(calls):
             t0 = time.perf_counter()
-            session.run(None, feed)
+            call()
             times[i].append((time.perf_counter() - t0) * 1000)
-    out = []
-    for path, ts in zip(paths, times):
-        ts.sort()
-        out.append(Latency(str(path), batch, length, threads, statistics.median(ts),
-                           ts[min(len(ts) - 1, int(0.9 * len(ts)))], runs, Path(path).stat().st_size / 1e6))
-    return out
+    return times
+
+
+def median(ms: Sequence[float]) -> float:
+    """The median of timed runs."""
+    return float(statistics.median(ms))
+
+
+def p90(ms: Sequence[float]) -> float:
+    """The 90th percentile of timed runs (the run at index int(0.9 n) in sorted order)."""
+    ts = sorted(ms)
+    return float(ts[min(len(ts) - 1, int(0.9 * len(ts)))])
 
 
 def compare_latency(baseline: Union[str, Path], candidates: Sequence[Union[str, Path]],

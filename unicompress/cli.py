@@ -34,7 +34,8 @@ _CHILD_ENV = "UNICOMPRESS_CLI_CHILD"  # set in the child: run the command here, 
 #: stderr lines the frameworks print on import that say nothing about the run (each matched whole):
 #: absl/glog INFO lines and absl's pre-init notice (TensorFlow, Paddle), TensorFlow's CPU-feature hint and its
 #: failed cuInit on a machine without a GPU, opencv's numpy-ABI line (imported by PaddleSlim, which survives
-#: it), torchao's optional CUDA kernels that cannot load on CPU, and torch's pytree notice about enums.
+#: it), torchao's optional CUDA kernels that cannot load on CPU, torch's pytree notice about enums, and the
+#: TFLite interpreter's note that it uses XNNPACK.
 NOISE = tuple(re.compile(p) for p in (
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
     r"I\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w./-]+:\d+\] .*",
@@ -43,6 +44,7 @@ NOISE = tuple(re.compile(p) for p in (
     r"RuntimeError: module compiled against ABI version 0x[0-9a-f]+ but this version of numpy is 0x[0-9a-f]+",
     r"Failed to load \S*torchao\S*\.so: .*",
     r"W\d{4} [\d:. ]+\d+ \S*torch/utils/_pytree\.py:\d+\] .* is an Enum subclass and is now natively supported .*",
+    r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.",  # every tf.lite.Interpreter (bench --runtime tflite)
 ))
 
 EPILOG = """examples:
@@ -52,6 +54,31 @@ EPILOG = """examples:
   unicompress backends                                installed backends and their capability matrix
   unicompress schema > recipe.schema.json             JSON Schema for editor completion
   unicompress inspect out/model.onnx                  sparsity, bit widths and size per layer
+"""
+
+
+BENCH_EPILOG = """examples:
+  unicompress bench fp32.onnx int8.onnx --batch 1 32 --length 128 --threads 2
+      ONNX Runtime only: latency and size of each file at each batch, as ratios to the first file
+  unicompress bench fp32.onnx int8.onnx --runtime onnxruntime,openvino --batch 32 --runs 15
+      every file on every runtime, timed in turn in one run; speed-up against onnxruntime on fp32.onnx,
+      output agreement with it, and the fastest pair that keeps agreement >= --tolerance, with the reason
+  unicompress bench fp32.onnx int8.onnx --runtime openvino,openvino-f32 --tolerance 0.999 --metric cosine \\
+      --json deploy.json --plot deploy.png
+      the table and the choice as JSON, speed-up vs agreement as a PNG
+
+  unicompress bench out/model.onnx out/model.tflite --runtime onnxruntime,tflite --vocab 30522
+      a TensorFlow backend's native export in the TFLite interpreter next to its ONNX file
+      (paddle-inference reads the Paddle backend's native/model.json the same way)
+
+runtimes: onnxruntime (CPU EP), openvino (ONNX or IR .xml; the precision OpenVINO picks for this CPU, bf16
+where it has it), openvino-f32 (float ops kept in f32), tflite (.tflite, with unicompress-tensorflow),
+paddle-inference (model.json + model.pdiparams, with unicompress-paddle); adapters may register more.
+A missing package is named with its pip command (openvino: pip install "openvino==2026.4.1", or the
+unicompress[deploy] extra). With tflite and paddle-inference together, Paddle is loaded first (TensorFlow
+before Paddle crashes a process).
+The first file is the baseline; runs are interleaved so machine load affects all files alike.
+Exit status: 0; 1 when some pair could not be loaded or run (its row says why); 2 for a usage error.
 """
 
 
@@ -103,17 +130,34 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("model", help="an .onnx file")
     ins.add_argument("--json", action="store_true")
 
-    bn = sub.add_parser("bench", help="ONNX Runtime latency and size of ONNX files, as ratios to a baseline",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  unicompress bench fp32.onnx int8.onnx --batch 1 32 --length 128 --threads 2\n"
-                               "the first file is the baseline; runs are interleaved so load affects all alike")
-    bn.add_argument("baseline", help="the reference .onnx file")
-    bn.add_argument("candidates", nargs="*", help="compressed .onnx files to compare with it")
-    bn.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    bn = sub.add_parser("bench", help="latency and size of model files as ratios to a baseline; with --runtime, "
+                                      "on several runtimes, with output agreement and the pick of the fastest",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=BENCH_EPILOG)
+    bn.add_argument("baseline", help="the reference .onnx file (FP32)")
+    bn.add_argument("candidates", nargs="*", help="compressed model files to compare with it")
+    bn.add_argument("--batch", type=int, nargs="+", default=None,
+                    help="batch size(s) (default 1 32; with --runtime one size, default 32)")
     bn.add_argument("--length", type=int, default=128, help="sequence length for token inputs")
-    bn.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    bn.add_argument("--runs", type=int, default=7, help="timed runs per file and batch (median reported)")
-    bn.add_argument("--json", action="store_true")
+    bn.add_argument("--threads", type=int, default=2, help="intra-op / inference threads of every runtime")
+    bn.add_argument("--runs", type=int, default=None,
+                    help="timed runs per file and batch, median reported (default 7; with --runtime 15)")
+    bn.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                    help="--json alone: print JSON instead of the table; --json FILE (with --runtime): also "
+                         "write the table, agreement and choice as JSON to FILE")
+    bn.add_argument("--runtime", metavar="NAMES",
+                    help="comma-separated runtimes to run every file on, e.g. onnxruntime,openvino "
+                         "(known: see below); ratios against onnxruntime on the baseline")
+    bn.add_argument("--tolerance", type=float, default=None,
+                    help="agreement a pair must keep to be chosen (default 0.99): argmax agreement for "
+                         "classifiers, cosine of the first output otherwise")
+    bn.add_argument("--metric", choices=("auto", "argmax", "cosine"), default="auto",
+                    help="the agreement the tolerance applies to (auto: argmax when the first output is named "
+                         "like logits/scores, else cosine)")
+    bn.add_argument("--warmup", type=int, default=2, help="untimed runs per pair before timing (--runtime)")
+    bn.add_argument("--vocab", type=int, default=1000,
+                    help="synthetic token ids are drawn below this (--runtime; default 1000, valid for BERT "
+                         "vocabularies; set a tiny model's vocabulary size)")
+    bn.add_argument("--plot", metavar="PNG", help="with --runtime: write speed-up vs agreement to this PNG")
     _search_parser(sub)
     return p
 
@@ -514,7 +558,16 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import compare_latency
     from .report import format_table
 
-    rows = compare_latency(args.baseline, args.candidates, args.batch, args.length, args.threads, args.runs)
+    if args.runtime is not None:
+        return _bench_runtimes(args)
+    needless = [f for f, v in (("--tolerance", args.tolerance), ("--plot", args.plot)) if v is not None]
+    if args.metric != "auto":
+        needless.append("--metric")
+    if needless or args.json not in (None, "-"):
+        raise UnicompressError(f"{', '.join(needless) or '--json FILE'} needs --runtime (e.g. --runtime "
+                               "onnxruntime,openvino); without it bench times ONNX Runtime only")
+    rows = compare_latency(args.baseline, args.candidates, args.batch or [1, 32], args.length, args.threads,
+                           args.runs or 7)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -522,6 +575,40 @@ def _bench(args: argparse.Namespace) -> int:
                        [(Path(r["path"]).name, r["batch"], f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
                          f"{r['size_mb']:.2f}", f"{r['speedup']:.2f}x", f"{r['size_ratio']:.2f}x") for r in rows]))
     return 0
+
+
+def _bench_runtimes(args: argparse.Namespace) -> int:
+    """`bench --runtime`: every file on every runtime, the table, the choice; exit 1 when a pair failed."""
+    from .deploy import compare_runtimes, resolve_runtimes
+    from .fileio import atomic_write_text
+
+    runtimes = resolve_runtimes(args.runtime)  # unknown names and missing packages fail before any work
+    batches = args.batch or [32]
+    if len(batches) != 1:
+        raise UnicompressError(f"--runtime compares at one batch size; got --batch {' '.join(map(str, batches))}")
+    files = [Path(args.baseline), *map(Path, args.candidates)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UnicompressError(f"no such model file: {', '.join(missing)}")
+    if args.json not in (None, "-") and Path(args.json).suffix.lower() in {".onnx", ".xml", ".bin", ".tflite"}:
+        raise UnicompressError(f"--json takes the JSON file to write, not a model ({args.json}); put the "
+                               "model files before --json")
+    tolerance = 0.99 if args.tolerance is None else args.tolerance
+    table = compare_runtimes(files, [rt.name for rt in runtimes], batches[0], args.length, args.threads,
+                             args.runs or 15, args.warmup, tolerance=tolerance, metric=args.metric, vocab=args.vocab)
+    choice = table.choose(tolerance)
+    if args.json == "-":
+        print(json.dumps(table.to_dict(), indent=2))
+    else:
+        print(table.to_text())
+        print(f"\nchoice: {choice.reason}")
+        if args.json is not None:
+            print(f"written: {atomic_write_text(Path(args.json), json.dumps(table.to_dict(), indent=2))}")
+    if args.plot:
+        png = table.plot(args.plot)
+        print(f"written: {png}" if png else "no plot: matplotlib is not installed (pip install matplotlib)",
+              file=sys.stdout if png else sys.stderr)
+    return 1 if any(r.error for r in table.rows) else 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 #: every scenario of the examples, in the order tables show them
 EXAMPLE_FILES = ("int8_static.yaml", "sparsity_2of4.yaml", "prune_heads_ffn.yaml", "distill_6to3.yaml",
-                 "low_rank.yaml", "distill_prune_quantize.yaml", "vit_mnist.yaml")
+                 "low_rank.yaml", "distill_prune_quantize.yaml", "vit_mnist.yaml", "int8_deploy.yaml")
 BACKENDS = ("torch", "tensorflow", "paddle")
 SMOKE_DATA = {"max_length": 32, "vocab_size": 128, "max_train": 64, "max_eval": 32}
 SMOKE_IMAGES = {"max_train": 64, "max_eval": 32}

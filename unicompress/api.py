@@ -21,8 +21,9 @@ from .backend.plan import StagePlan
 from .backend.registry import resolve_backend
 from .backend.types import Inputs, TaskData, TransformerStructure
 from .data.checks import check_task_data, non_finite_tensors
-from .errors import (CapabilityError, ExportError, JudgeError, MissingDataError, ModelNotSupportedError,
-                     NonFiniteWeightsError, OutputPathError, Problem, StageError, UnicompressError)
+from .errors import (CapabilityError, ExportError, InvalidDataError, JudgeError, MissingDataError,
+                     ModelNotSupportedError, NonFiniteWeightsError, OutputPathError, Problem, StageError,
+                     UnicompressError)
 from .judge import before_stage, judge_stage
 from .planner import plan_stage, resolve_structure
 from .recipe_io import load_recipe, validate_data
@@ -31,6 +32,7 @@ from .report import CompressionReport, StageReport, plan_summary
 from .specs import (DistillationSpec, ExportFormat, FineTuneSpec, LowRankSpec, PruningSpec, QuantizationSpec,
                     QuantMode, Recipe, StructureDeclaration)
 from .specs.base import SpecModel
+from .tasks import evaluate_task, task_problems
 
 RecipeLike = Union[Recipe, SpecModel, Sequence[SpecModel], dict, str, Path]
 Evaluate = Callable[[Any], Union[float, dict]]
@@ -189,8 +191,21 @@ def _metrics(adapter: Adapter, model: Any, evaluate: Optional[Evaluate], data: O
         value = evaluate(model)
         return dict(value) if isinstance(value, dict) else {"metric": float(value)}
     if data is not None and data.evaluation is not None:
-        return adapter.evaluate(model, data.evaluation())
+        return evaluate_task(adapter, model, data)  # accuracy, or perplexity for causal-lm (`unicompress.tasks`)
     return {}
+
+
+def _refuse_task_mismatch(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[TaskData],
+                          evaluate: Optional[Evaluate]) -> None:
+    """Refuse data whose task the model's outputs do not fit (one run on one row): causal-lm data on a model
+    without [batch, seq, vocab] logits, classification labels read against a causal LM's per-token logits."""
+    if data is None:
+        return
+    evaluating = recipe.evaluate and evaluate is None and data.evaluation is not None
+    training = any(_data_need(stage) == "train" for stage in recipe.stages)
+    problems = task_problems(adapter, model, data, uses_labels=evaluating or training)
+    if problems:
+        raise InvalidDataError("; ".join(problems) + ". Nothing was run.")
 
 
 def _progress(enabled: bool):
@@ -249,14 +264,16 @@ def _compress(model: Any, recipe: RecipeLike, data: Optional[TaskData], *, backe
         structure if structure is not None else recipe.structure
     found = resolve_structure(adapter, model, declared)
     check_plan(adapter, model, recipe, data, found, teacher=teacher)
-    example = _refuse_unwritable_export(adapter, recipe, data, export_example)
+    example = _refuse_unwritable_export(adapter, model, recipe, data, export_example)
 
     input_weights = adapter.weights(model)
     _refuse_non_finite_weights(input_weights)
+    baseline = _deploy_baseline(adapter, model, recipe, example)  # the user's model, before any stage
     check_task_data(data)
     record = reproducibility_record(adapter, recipe, input_weights, data)
     probe = _probe_inputs(data, export_example) if judge else None
     _refuse_non_finite_outputs(adapter, model, probe)
+    _refuse_task_mismatch(adapter, model, recipe, data, evaluate)
     metrics_before = _metrics(adapter, model, evaluate, data) if recipe.evaluate else {}
     layers_before = adapter.describe(model)
     working = model if inplace else adapter.copy(model)
@@ -294,8 +311,14 @@ def _compress(model: Any, recipe: RecipeLike, data: Optional[TaskData], *, backe
     result = CompressionResult(working, report, adapter.name)
     step = "export"
     try:  # every stage ran: from here on a failure must not lose the compressed model
-        result.exports = _export(adapter, working, recipe, example)
+        result.exports = _export(adapter, working, recipe, example, report.export_notes)
         report.exports = {k: str(v) for k, v in result.exports.items()}
+        if baseline is not None:
+            step = "deployment measurement"
+            from .deploy.targets import measure_targets
+
+            report.exports["baseline_onnx"] = str(baseline)
+            report.deployment = measure_targets(recipe.export.deploy, result.exports, baseline, example)
         step = "evaluation"
         report.metrics_after = _metrics(adapter, working, evaluate, data) if recipe.evaluate else {}
     except Exception as exc:  # noqa: BLE001 - whatever failed, the model is saved and the cause chained
@@ -305,7 +328,7 @@ def _compress(model: Any, recipe: RecipeLike, data: Optional[TaskData], *, backe
     return result
 
 
-def _refuse_unwritable_export(adapter: Adapter, recipe: Recipe, data: Optional[TaskData],
+def _refuse_unwritable_export(adapter: Adapter, model: Any, recipe: Recipe, data: Optional[TaskData],
                               given: Optional[Inputs]) -> Optional[Inputs]:
     """Check before the stages what export will need; returns the ONNX example inputs (None without ONNX)."""
     problems = export_problems(recipe, adapter.name)
@@ -314,11 +337,40 @@ def _refuse_unwritable_export(adapter: Adapter, recipe: Recipe, data: Optional[T
                               + "\n".join(f"  - {p}" for p in problems))
     if recipe.export is None or ExportFormat.onnx not in recipe.export.formats:
         return None
+    _refuse_embeddings_without_tables(adapter, model, recipe)
     try:
         return _example_inputs(data, given)
     except StopIteration:
         raise MissingDataError("export: onnx needs example inputs, but the data yielded no batch; pass "
                                "export_example= or data with batches") from None
+
+
+def _deploy_baseline(adapter: Adapter, model: Any, recipe: Recipe, example: Optional[Inputs]) -> Optional[Path]:
+    """With ``export.deploy``: the runtimes are checked (installed) and the uncompressed model is exported as the
+    FP32 reference of the deployment table, before any stage; None without ``deploy``."""
+    deploy = recipe.export.deploy if recipe.export is not None else None
+    if deploy is None:
+        return None
+    from .deploy.runtimes import resolve_runtimes
+    from .deploy.targets import export_baseline
+
+    resolve_runtimes(list(dict.fromkeys(["onnxruntime", *deploy.runtimes])))  # missing packages: pip command, now
+    return export_baseline(adapter, model, export_targets(recipe, adapter.name)["onnx"], example,
+                           recipe.export.opset)
+
+
+def _refuse_embeddings_without_tables(adapter: Adapter, model: Any, recipe: Recipe) -> None:
+    """Integer embeddings asked for a model whose layers hold no embedding at all: refused before work (a model
+    with embedding layers but no Gather table in its export is refused after the export, the model kept)."""
+    if recipe.export.embeddings == "float":
+        return
+    from .onnx.embeddings import EmbeddingError
+
+    kinds = sorted({layer.kind for layer in adapter.layers(model)})
+    if "embedding" not in kinds:
+        raise EmbeddingError(f"export.embeddings is {recipe.export.embeddings}, but the model has no embedding "
+                             f"layer to quantize (its layer kinds: {', '.join(kinds) or 'none'}); nothing was run. "
+                             "Use embeddings: float for this model")
 
 
 def _refuse_non_finite_weights(weights: dict[str, np.ndarray]) -> None:
@@ -400,11 +452,20 @@ def _example_inputs(data: Optional[TaskData], given: Optional[Inputs]) -> Inputs
     raise MissingDataError("export needs example inputs: pass export_example= or data with batches")
 
 
-def _export(adapter: Adapter, model: Any, recipe: Recipe, example: Optional[Inputs]) -> dict[str, Path]:
+def _export(adapter: Adapter, model: Any, recipe: Recipe, example: Optional[Inputs],
+            notes: Optional[list[str]] = None) -> dict[str, Path]:
+    """Write the recipe's export files; `notes` receives one line per rewrite of them (integer embeddings)."""
     targets = export_targets(recipe, adapter.name)
     out: dict[str, Path] = {}
     if "onnx" in targets:
         out["onnx"] = adapter.export_onnx(model, targets["onnx"], example, recipe.export.opset)
+        if recipe.export.embeddings != "float":  # framework-neutral: the ONNX file is rewritten, atomically
+            from .onnx.embeddings import quantize_embeddings_file, require_tables
+
+            embedded = quantize_embeddings_file(out["onnx"], recipe.export.embeddings, example=example)
+            require_tables(embedded, out["onnx"])
+            if notes is not None:
+                notes.append(embedded.summary())
     if "native" in targets:
         out["native"] = adapter.export_native(model, targets["native"])
     return out

@@ -70,6 +70,8 @@ class CompressionReport:
     metrics_before: dict[str, float] = field(default_factory=dict)
     metrics_after: dict[str, float] = field(default_factory=dict)
     exports: dict[str, str] = field(default_factory=dict)
+    export_notes: list[str] = field(default_factory=list)  # what rewrote the exports (e.g. int8 embeddings)
+    deployment: dict[str, Any] = field(default_factory=dict)  # export.deploy: the runtimes table and the choice
     structure: str = ""  # what structure discovery (or the declaration) found
     record: dict[str, Any] = field(default_factory=dict)  # the reproducibility record (unicompress.record)
 
@@ -114,6 +116,10 @@ class CompressionReport:
         out += self._plan_markdown() + self._checks_markdown() + self._record_markdown()
         if self.exports:
             out += ["", "## Files", ""] + [f"- {k}: `{v}`" for k, v in self.exports.items()]
+            out += [f"- {n}" for n in self.export_notes]
+        if self.deployment:
+            out += ["", "## Deployment targets", "", self.deployment["markdown"].rstrip(), "",
+                    f"Chosen: {self.deployment['reason']}"]
         return "\n".join(out) + "\n"
 
     def check_rows(self) -> list[tuple[str, str, str, str]]:
@@ -175,7 +181,8 @@ class CompressionReport:
                 "metrics_before": self.metrics_before, "metrics_after": self.metrics_after,
                 "stages": [asdict(s) for s in self.stages],
                 "layers_after": [asdict(layer) | {"sparsity": layer.sparsity} for layer in self.layers_after],
-                "exports": self.exports, "structure": self.structure,
+                "exports": self.exports, "export_notes": self.export_notes, "deployment": {
+                    k: v for k, v in self.deployment.items() if k != "markdown"}, "structure": self.structure,
                 "checks": [dict(c, stage=s.index) for s in self.stages for c in s.checks], "record": self.record}
 
     def save(self, directory: Path | str, plot: bool = True) -> dict[str, Path]:

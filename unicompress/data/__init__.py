@@ -7,7 +7,8 @@ Names a recipe's ``data: {dataset: ...}`` may use:
 Your own data (see `unicompress.data.sources`): `from_csv`, `from_tsv`, `from_jsonl`, `from_parquet`,
 `from_file`, `from_dataframe`, `from_hf_dataset`, `from_saved_dataset`, `from_arrays`, `from_batches`; text is
 tokenised with the model's own tokenizer (`load_tokenizer`), batches are padded to their longest row and
-bucketed by length; `tokenizers_agree` and `unicompress.data.teacher` serve distillation across tokenizers.
+bucketed by length; `from_text` packs a corpus into token blocks for causal language modelling
+(`unicompress.data.lm`); `tokenizers_agree` and `unicompress.data.teacher` serve distillation across tokenizers.
 
 Example::
 
@@ -79,13 +80,15 @@ def load_dataset(name: str, **kwargs: Any) -> TaskData:
 
 # imported after the registry: these modules import numpy only (pandas, tokenizers, datasets load on use)
 from .builder import TextTaskData, build_text_data  # noqa: E402
+from .lm import LMTaskData, build_lm_data, from_text  # noqa: E402
 from .sources import (from_arrays, from_batches, from_csv, from_dataframe, from_file, from_hf_dataset,  # noqa: E402
                       from_jsonl, from_parquet, from_saved_dataset, from_tsv)
 from .teacher import TokenizerMismatchError, attach_teacher, check_teacher_inputs  # noqa: E402
 from .text import TextTokenizer, load_tokenizer, tokenizers_agree  # noqa: E402
 
 __all__ = ["DatasetNotFoundError", "dataset_names", "register_dataset", "loader_for", "load_dataset",
-           "TextTaskData", "build_text_data", "from_arrays", "from_batches", "from_csv", "from_dataframe", "from_file",
+           "TextTaskData", "build_text_data", "LMTaskData", "build_lm_data", "from_text",
+           "from_arrays", "from_batches", "from_csv", "from_dataframe", "from_file",
            "from_hf_dataset", "from_jsonl", "from_parquet", "from_saved_dataset", "from_tsv",
            "TokenizerMismatchError", "attach_teacher", "check_teacher_inputs", "TextTokenizer", "load_tokenizer",
            "tokenizers_agree"]

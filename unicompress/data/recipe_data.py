@@ -4,7 +4,8 @@
 a format that cannot be told, a column the file lacks (its header only is read), a tokenizer folder that
 does not exist, a max_length beyond the model's positions. `load_recipe_data` builds the TextTaskData.
 Without ``tokenizer:`` a zoo BERT (minilm-l6, tiny-bert, user-encoder) uses MiniLM's own tokenizer, its ids
-folded into the model's vocabulary when that is smaller (tiny-bert's 128).
+folded into the model's vocabulary when that is smaller (tiny-bert's 128). ``task: causal-lm`` reads a text
+file (one document per line) or a table's text column(s) into packed token blocks (`unicompress.data.lm`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import Problem
+from .lm import TEXT_SUFFIXES
 from .tables import file_format, table_columns
 
 #: tokens per text when the data section does not say
@@ -41,13 +43,16 @@ def data_problems(source: Any, model: Any = None) -> list[Problem]:
     path = Path(source.path)
     if not path.exists():
         return [Problem("data.path", source.path, f"no such file or folder (relative paths start at {Path.cwd()})")]
+    if source.task == "causal-lm" and source.format is None and path.suffix.lower() in TEXT_SUFFIXES:
+        return _tokenizer_problems(source, model)  # plain text: one document per line, no header to check
     try:
         kind = file_format(path, source.format)
         header = table_columns(path, kind)
     except (ValueError, OSError, ImportError) as exc:
         return [Problem("data.format" if source.format else "data.path", source.format or source.path, str(exc))]
     shown = ", ".join(header[:20]) + (" ..." if len(header) > 20 else "")
-    for field_name, names in (("data.text", source.text or []), ("data.label", [source.label]),
+    labels = [source.label] if source.task != "causal-lm" else []  # a causal LM's labels are its next tokens
+    for field_name, names in (("data.text", source.text or []), ("data.label", labels),
                               ("data.split_column", [source.split_column] if source.split_column else [])):
         for name in names:
             if name not in header:
@@ -89,6 +94,8 @@ def load_recipe_data(source: Any, model: Any = None, seed: int = 0) -> Any:
     problems = data_problems(source, model)
     if problems:
         raise SpecValidationError(problems, "the data: section")
+    if source.task == "causal-lm":
+        return _load_lm_data(source, model, seed)
     tokenizer, vocab_size = source.tokenizer, source.vocab_size
     if tokenizer is None:
         folder, fold, _ = default_tokenizer(model)
@@ -99,6 +106,19 @@ def load_recipe_data(source: Any, model: Any = None, seed: int = 0) -> Any:
     options = {"max_length": DEFAULT_MAX_LENGTH, "seed": seed, **given, **source.kwargs}
     return from_file(source.path, format=source.format, text=source.text, label=source.label, tokenizer=tokenizer,
                      split=split, split_column=source.split_column, vocab_size=vocab_size, **options)
+
+
+def _load_lm_data(source: Any, model: Any, seed: int) -> Any:
+    """The LMTaskData of a ``task: causal-lm`` section (`unicompress.data.lm`: documents packed into blocks)."""
+    from .lm import from_text
+
+    tokenizer = source.tokenizer if source.tokenizer is not None else default_tokenizer(model)[0]
+    split = source.split.model_dump() if source.split is not None else None
+    given = {k: getattr(source, k) for k in ("max_length", "batch_size", "eval_batch_size")
+             if getattr(source, k) is not None}
+    options = {"max_length": DEFAULT_MAX_LENGTH, "seed": seed, **given, **source.kwargs}
+    return from_text(source.path, tokenizer=tokenizer, text=source.text, format=source.format,
+                     split_column=source.split_column, split=split, **options)
 
 
 __all__ = ["data_problems", "load_recipe_data", "default_tokenizer", "ZOO_TOKENIZED"]

@@ -3,7 +3,7 @@ measure the metric on the validation split and the objective from the compressed
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from ..backend.types import TaskData
@@ -70,7 +70,13 @@ class Evaluator:
 
     def metric_of(self, model: Any, batches: Optional[Batches] = None) -> float:
         """The search metric of `model` on `batches` (default: the validation split)."""
-        values = self.adapter.evaluate(model, (batches or self.validation)())
+        source = batches or self.validation
+        if self.data is not None and self.data.task != "classification":  # e.g. perplexity for causal-lm
+            from ..tasks import evaluate_task
+
+            values = evaluate_task(self.adapter, model, replace(self.data, evaluation=source))
+        else:
+            values = self.adapter.evaluate(model, source())
         if self.spec.metric not in values:
             raise KeyError(f"metric {self.spec.metric!r} is not among the backend's metrics {sorted(values)}")
         return float(values[self.spec.metric])

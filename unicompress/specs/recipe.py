@@ -4,7 +4,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .base import SPEC_VERSION, SpecModel
 from .distillation import DistillationSpec
@@ -111,7 +111,9 @@ class DataSource(SpecModel):
                                       "as a pair: the first, and the others joined by a space")
     label: Optional[str] = Field(None, min_length=1, description="label column: whole numbers are class ids, "
                                  "other values map to ids in sorted order (or the order of classes)")
-    task: Optional[Literal["classification"]] = Field(None, description="default: classification")
+    task: Optional[Literal["classification", "causal-lm"]] = Field(
+        None, description="default: classification; causal-lm: the text (a .txt file: one document per line) is "
+        "packed into blocks of max_length tokens and evaluated by perplexity; it takes no label")
     split: Optional[DataSplit] = Field(None, description="held-out fractions; default test 0.1, validation 0.1")
     split_column: Optional[str] = Field(None, min_length=1, description="a column naming each row's split: train, "
                                         "validation (val, valid, dev, eval) or test")
@@ -158,6 +160,8 @@ class DataSource(SpecModel):
                 raise ValueError(f"{', '.join(stray)} describe a file given by path:; a dataset: or factory: takes "
                                  "its options in kwargs")
             return self
+        if self.task == "causal-lm":
+            return self._causal_lm()
         missing = [k for k in ("text", "label") if getattr(self, k) is None]
         if missing:
             raise ValueError(f"path: needs {' and '.join(missing)}: the column(s) holding the text and the label")
@@ -165,6 +169,25 @@ class DataSource(SpecModel):
             raise ValueError("give split (fractions) or split_column, not both")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes {self.classes} repeat a name")
+        return self
+
+    def _causal_lm(self) -> "DataSource":
+        """task: causal-lm reads text only: no label, classes or padding (blocks are packed full, not padded)."""
+        stray = [k for k in ("label", "classes", "padding", "drop_duplicates", "vocab_size")
+                 if getattr(self, k) is not None]
+        if stray:
+            raise ValueError(f"task causal-lm takes no {', '.join(stray)}: its labels are the next tokens of the "
+                             "text itself")
+        plain_text = self.format is None and self.path.lower().endswith((".txt", ".text"))
+        if self.text is None and not plain_text:
+            raise ValueError("task causal-lm on a table needs text: the column(s) holding the text (a .txt file "
+                             "needs none: one document per line)")
+        if plain_text and self.text is not None:
+            raise ValueError(f"{self.path} is plain text (one document per line): it has no columns, so no text:")
+        if plain_text and self.split_column is not None:
+            raise ValueError(f"{self.path} is plain text: it has no split column; use split fractions")
+        if self.split is not None and self.split_column is not None:
+            raise ValueError("give split (fractions) or split_column, not both")
         return self
 
     def columns(self) -> list[str]:
@@ -177,6 +200,35 @@ def _looks_like_a_file(name: str) -> bool:
     return "/" in name or "\\" in name or name.lower().endswith(_DATA_FILE_SUFFIXES)
 
 
+class DeploySpec(SpecModel):
+    """Deployment targets measured after the export (`unicompress.deploy`): the compressed ONNX file (and the native
+    file, for a runtime that reads it: tflite, paddle-inference) on each runtime, against ONNX Runtime on the
+    uncompressed model's own ONNX export (written beside it as ``<name>-fp32.onnx``), timed in interleaved rounds in
+    one run on the data's example rows; the report names the fastest runtime whose outputs keep `tolerance`.
+
+    Example (YAML): ``export: {deploy: {runtimes: [onnxruntime, openvino], batch: 32}}``.
+    """
+
+    runtimes: list[str] = Field(default_factory=lambda: ["onnxruntime", "openvino"], min_length=1,
+                                description="runtime names (`unicompress bench --help` lists them)")
+    batch: int = Field(32, ge=1, le=4096, description="rows per timed run (the example rows, repeated)")
+    threads: int = Field(2, ge=1, le=256, description="intra-op / inference threads of every runtime")
+    runs: int = Field(15, ge=3, le=10_000, description="timed rounds; medians are reported")
+    tolerance: float = Field(0.99, gt=0, le=1, description="output agreement with the FP32 reference a runtime "
+                             "must keep to be chosen: argmax agreement for classifiers, else cosine")
+
+    @field_validator("runtimes")
+    @classmethod
+    def _known(cls, runtimes: list[str]) -> list[str]:
+        from ..deploy.runtimes import known_runtimes  # the registry is data: nothing is imported to check names
+
+        known = known_runtimes()
+        unknown = [r for r in runtimes if r not in known]
+        if unknown:
+            raise ValueError(f"unknown runtime(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        return list(dict.fromkeys(runtimes))
+
+
 class ExportSpec(SpecModel):
     """What to write at the end; every file is written atomically."""
 
@@ -184,6 +236,33 @@ class ExportSpec(SpecModel):
     directory: str = Field("unicompress-out", min_length=1, description="where the files go; each is named "
                            "after the recipe's name, which cannot leave this directory")
     opset: int = Field(17, ge=13, le=21)
+    embeddings: Literal["float", "int8", "int4"] = Field(
+        "float", description="embedding tables (Gather on a float [rows, dim] initializer) in the ONNX file: float "
+        "(as exported), int8 (per-row scales, standard ops: ONNX Runtime and OpenVINO read it) or int4 (per-32 "
+        "block scales, com.microsoft.GatherBlockQuantized: ONNX Runtime and OpenVINO, not plain-opset runtimes); "
+        "tables under 4096 elements stay float (unicompress.onnx.embeddings)")
+
+    @field_validator("embeddings")
+    @classmethod
+    def _embeddings_need_onnx(cls, embeddings: str, info: ValidationInfo) -> str:
+        formats = info.data.get("formats")
+        if embeddings != "float" and formats is not None and ExportFormat.onnx not in formats:
+            raise ValueError(f"embeddings: {embeddings} rewrites the ONNX file, but formats "
+                             f"[{', '.join(f.value for f in formats)}] writes none; add onnx to formats or use "
+                             "embeddings: float")
+        return embeddings
+
+    deploy: Optional[DeploySpec] = Field(None, description="measure the exported files on deployment runtimes "
+                                         "and name the fastest that keeps the outputs (needs onnx in formats)")
+
+    @field_validator("deploy")
+    @classmethod
+    def _deploy_needs_onnx(cls, deploy: Optional[DeploySpec], info: ValidationInfo) -> Optional[DeploySpec]:
+        formats = info.data.get("formats")
+        if deploy is not None and formats is not None and ExportFormat.onnx not in formats:
+            raise ValueError("deploy measures against ONNX Runtime on the ONNX exports, but formats "
+                             f"[{', '.join(f.value for f in formats)}] writes none; add onnx to formats")
+        return deploy
 
     @field_validator("directory")
     @classmethod

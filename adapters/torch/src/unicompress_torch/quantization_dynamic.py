@@ -120,6 +120,7 @@ def apply_weight_only(model: nn.Module, spec: QuantizationSpec, plan: dict[str, 
     from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
         IntxUnpackedToInt8Tensor)
 
+    _refuse_tied(model, plan)
     for name, lq in plan.items():
         module = model.get_submodule(name)
         w = module.weight.detach().float()
@@ -139,6 +140,24 @@ def apply_weight_only(model: nn.Module, spec: QuantizationSpec, plan: dict[str, 
         module.weight = nn.Parameter(tensor, requires_grad=False)
     setattr(model, RECORD_ATTR, QuantRecord("weight_only", "linear", plan))
     return model
+
+
+def _refuse_tied(model: nn.Module, plan: dict[str, LayerQuant]) -> None:
+    """Refuse, before any weight is replaced, a planned Linear whose weight is tied to another module's (a causal
+    LM's lm_head and its input embedding, ``tie_word_embeddings``): giving it a new quantized parameter would
+    untie them without a word (the embedding stays float, both matrices are stored, and a later
+    ``tie_weights()`` would put the float matrix back into the head)."""
+    owners: dict[int, list[str]] = {}
+    for module_name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append(f"{module_name}.{pname}" if module_name else pname)
+    for name in plan:
+        shared = [o for o in owners.get(id(model.get_submodule(name).weight), []) if o != f"{name}.weight"]
+        if shared:
+            raise NotImplementedError(
+                f"{name}.weight is tied to {', '.join(shared)} (tie_word_embeddings): weight-only quantization would "
+                f"untie them. Leave {name} in float (the default selection skips the classifier role), or untie "
+                "the model first (config.tie_word_embeddings = False and a cloned weight) to quantize it alone")
 
 
 def weight_only_raw(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -100,8 +100,17 @@ def forward_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.T
 
 
 def cross_entropy_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    """The default task loss: cross-entropy of the logits against int64 labels."""
-    return F.cross_entropy(forward_logits(model, inputs), labels)
+    """The default task loss: cross-entropy of the logits against int64 labels.
+
+    Token logits [batch, seq, vocab] with labels [batch, seq] (the core's causal-lm blocks, labels = inputs) are
+    the causal LM loss: position t predicts token t + 1, labels -100 (padding) ignored, as in Hugging Face's
+    ``*ForCausalLM`` and the core's perplexity (`unicompress.metrics.token_nll`).
+    """
+    logits = forward_logits(model, inputs)
+    if logits.dim() == 3 and labels.dim() == 2 and logits.shape[:2] == labels.shape:
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                               ignore_index=-100)
+    return F.cross_entropy(logits, labels)
 
 
 def batches_forever(data: TaskData, batch_size: Optional[int] = None

@@ -65,7 +65,15 @@ class Evaluator:
         self.adapter, self.model, self.base, self.spec, self.data = adapter, model, base, spec, data
         self.validation, self.validation_source = validation_split(data, validation)
         self.baseline_metric = self.metric_of(model)
-        self.baseline_objective = objective_of(adapter.describe(model), spec.objective)
+        self.latency = None
+        if spec.objective == "latency":
+            from .latency import LatencyProbe
+
+            first = next(iter(self.validation()))
+            self.latency = LatencyProbe(adapter, model, spec, first[0] if isinstance(first, tuple) else first)
+            self.baseline_objective = 1.0  # latencies are relative to the uncompressed model's
+        else:
+            self.baseline_objective = objective_of(adapter.describe(model), spec.objective)
         self.trials: list[Trial] = []
 
     def metric_of(self, model: Any, batches: Optional[Batches] = None) -> float:
@@ -104,7 +112,17 @@ class Evaluator:
             result = self.compress(plan)
         except UnicompressError as exc:
             return float("nan"), float("nan"), f"{type(exc).__name__}: {exc}"
-        return self.metric_of(result.model), objective_of(result.report.layers_after, self.spec.objective), ""
+        try:
+            objective = self.objective_of_result(result)
+        except UnicompressError as exc:
+            return float("nan"), float("nan"), f"{type(exc).__name__}: {exc}"
+        return self.metric_of(result.model), objective, ""
+
+    def objective_of_result(self, result: Any) -> float:
+        """The objective of a CompressionResult: from its report's describe() rows, or timed (latency)."""
+        if self.latency is not None:
+            return self.latency.relative(result.model)
+        return objective_of(result.report.layers_after, self.spec.objective)
 
     def __call__(self, plan: Mapping[str, Sequence[int]], strategy: str = "") -> Trial:
         """Evaluate a plan and record it as a trial."""

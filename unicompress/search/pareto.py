@@ -29,9 +29,11 @@ def pareto_front(trials: Sequence[Trial]) -> list[Trial]:
 
 def front_markdown(front: Sequence[Trial], objective: str, baseline_objective: float, labels: Sequence[str]) -> str:
     """The front as a Markdown table: trial, metric, drop, objective and its ratio, and the plan in short."""
-    rows = [(str(t.number), f"{t.metric:.4f}", f"{t.drop:+.4f}", f"{t.objective:,.0f}",
+    from .latency import format_objective, ratio_word
+
+    rows = [(str(t.number), f"{t.metric:.4f}", f"{t.drop:+.4f}", format_objective(t.objective, objective),
              f"{baseline_objective / t.objective:.2f}x" if t.objective else "", _short(t, labels)) for t in front]
-    return markdown_table(("trial", "metric", "drop", objective, "smaller", "plan"), rows) + "\n"
+    return markdown_table(("trial", "metric", "drop", objective, ratio_word(objective), "plan"), rows) + "\n"
 
 
 def plot_front(trials: Sequence[Trial], front: Sequence[Trial], path: Path, objective: str,

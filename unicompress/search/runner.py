@@ -12,7 +12,8 @@ from ..backend.types import TaskData
 from ..fileio import atomic_write_text
 from ..specs import Recipe
 from ..specs.search import SearchSpec
-from .evaluate import Batches, Evaluator, Trial, objective_of
+from .evaluate import Batches, Evaluator, Trial
+from .latency import format_objective, ratio_word
 from .pareto import front_markdown, pareto_front, plot_front
 from .plan import label, plan_recipe
 from .sensitivity import (SensitivityRow, cache_key, compute_sensitivity, plot_sensitivity, searched_layers,
@@ -128,7 +129,7 @@ def _final_run(evaluator: Evaluator, result: SearchResult) -> None:
                                               "evaluate": evaluator.data is not None
                                               and evaluator.data.evaluation is not None})
     final = compress(evaluator.model, recipe, evaluator.data, backend=evaluator.adapter.name, progress=False)
-    result.reproduced_objective = objective_of(final.report.layers_after, evaluator.spec.objective)
+    result.reproduced_objective = evaluator.objective_of_result(final)
     if final.report.metrics_after:
         result.test_metrics = {"before": final.report.metrics_before, "after": final.report.metrics_after}
 
@@ -163,16 +164,19 @@ def summary_markdown(result: SearchResult, spec: SearchSpec) -> str:
     lines = [f"# Search: {spec.strategy}, objective {spec.objective}, tolerance {spec.tolerance:g} on {spec.metric}",
              "", f"- validation: {result.validation_source}",
              f"- baseline: {spec.metric} {result.baseline_metric:.4f}, {spec.objective} "
-             f"{result.baseline_objective:,.0f}",
+             f"{format_objective(result.baseline_objective, spec.objective)}",
              f"- trials: {len(result.trials)} (sensitivity runs: {len(result.sensitivity)})"]
     if result.recipe is None:
         lines.append("- no plan stayed within the tolerance: the uncompressed model is the result")
     else:
-        lines += [f"- best: trial {b.number}, {spec.objective} {b.objective:,.0f} "
-                  f"({result.baseline_objective / b.objective:.2f}x smaller), drop {b.drop:+.4f} on validation",
+        lines += [f"- best: trial {b.number}, {spec.objective} {format_objective(b.objective, spec.objective)} "
+                  f"({result.baseline_objective / b.objective:.2f}x {ratio_word(spec.objective)}), drop "
+                  f"{b.drop:+.4f} on validation",
                   f"- recipe: `searched.yaml`, {len(b.plan)} layer(s): "
                   + ", ".join(f"`{n}` {'+'.join(labels[i] for i in idx)}" for n, idx in b.plan.items()),
-                  f"- recompressed from the recipe: {spec.objective} {result.reproduced_objective:,.0f}"]
+                  f"- recompressed from the recipe: {spec.objective} "
+                  f"{format_objective(result.reproduced_objective, spec.objective)}"
+                  + (" (timed again: latency varies from run to run)" if spec.objective == "latency" else "")]
         if result.test_metrics:
             lines.append(f"- test split: before {result.test_metrics['before']}, after {result.test_metrics['after']}")
     return "\n".join(lines) + "\n\n## Pareto front\n\n" + front_markdown(result.front, spec.objective,

@@ -9,7 +9,7 @@ A search file is a recipe without ``stages:`` (the search writes them) plus this
     data: {dataset: bbc-news}
     search:
       tolerance: 0.01          # at most 1 point of accuracy lost on the validation split
-      objective: bytes         # parameter bytes at their bit widths (or nonzero, params)
+      objective: bytes         # parameter bytes at their bit widths (or nonzero, params, latency)
       trials: 20
       candidates:
         - {technique: quantization, mode: weight_only, bits: 8}
@@ -48,9 +48,15 @@ class SearchSpec(SpecModel):
     metric: str = Field("accuracy", min_length=1, description="key of the backend's evaluate() result")
     lower_is_better: bool = Field(False, description="the metric is a loss (drop = value - baseline)")
     tolerance: float = Field(0.01, ge=0, le=1e6, description="largest metric drop allowed on validation")
-    objective: Literal["bytes", "nonzero", "params"] = Field(
+    objective: Literal["bytes", "nonzero", "params", "latency"] = Field(
         "bytes", description="minimised: parameter bytes at their bit widths (dense), non-zero parameters, "
-                             "or parameters")
+                             "parameters, or latency on `runtime` relative to the uncompressed model (each plan's "
+                             "ONNX export timed against the baseline's in one interleaved run)")
+    runtime: str = Field("onnxruntime", min_length=1, description="latency objective: the runtime that times the "
+                         "exports (unicompress bench --help lists them)")
+    latency_batch: int = Field(32, ge=1, le=4096, description="latency objective: rows per timed run")
+    latency_runs: int = Field(7, ge=3, le=1000, description="latency objective: timed rounds per plan (medians)")
+    threads: int = Field(2, ge=1, le=256, description="latency objective: the runtime's threads")
     strategy: Literal["greedy", "optuna"] = "greedy"
     sampler: Literal["nsga2", "tpe"] = Field("nsga2", description="optuna: the multi-objective sampler")
     trials: int = Field(20, ge=1, le=100_000, description="combined plans evaluated (sensitivity runs excluded)")
@@ -59,6 +65,11 @@ class SearchSpec(SpecModel):
 
     @model_validator(mode="after")
     def _usable(self) -> "SearchSpec":
+        if self.objective == "latency":
+            from ..deploy.runtimes import known_runtimes  # data only: nothing imported
+
+            if self.runtime not in known_runtimes():
+                raise ValueError(f"runtime {self.runtime!r} is unknown; known: {', '.join(known_runtimes())}")
         quant = [c for c in self.candidates if isinstance(c, QuantizationSpec)]
         for i, c in enumerate(self.candidates):
             if c.selector != LayerSelector():

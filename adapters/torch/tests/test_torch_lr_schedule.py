@@ -3,27 +3,16 @@
 on a fixed gradient sequence."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from unicompress.reference.training import adamw_trajectory, learning_rate_at, sgd_trajectory
-from unicompress.specs import TrainingSpec
 from unicompress_torch.training import make_optimizer, make_schedule
 
-GRADS = [1.0, -2.0, 0.5, 3.0, -1.0, 2.0, 0.25]
-CASES = [("sgd", 0.0, 0.1, 4), ("sgd", 0.9, 0.1, 0), ("sgd", 0.9, 0.0, 0), ("adamw", 0.0, 0.01, 3),
-         ("adamw", 0.0, 0.0, 0)]
-
-
-def _expected(optimizer, momentum, decay, warmup):
-    if optimizer == "sgd":
-        return sgd_trajectory(1.0, GRADS, 0.1, warmup, momentum, decay)
-    return adamw_trajectory(1.0, GRADS, 0.1, warmup, decay)
-
-
-def _spec(optimizer, momentum, decay, warmup):
-    return TrainingSpec(learning_rate=0.1, warmup_steps=warmup, optimizer=optimizer, momentum=momentum,
-                        weight_decay=decay, steps=len(GRADS))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+import optimizer_testutil as O  # noqa: E402
 
 
 def _trajectory(spec):
@@ -31,7 +20,7 @@ def _trajectory(spec):
     optimizer = make_optimizer([w], spec)
     schedule = make_schedule(optimizer, spec)
     rates, out = [], []
-    for g in GRADS:
+    for g in O.GRADS:
         rates.append(optimizer.param_groups[0]["lr"])
         w.grad = torch.tensor(g, dtype=torch.float64)
         optimizer.step()
@@ -42,11 +31,11 @@ def _trajectory(spec):
 
 @pytest.mark.parametrize("warmup", [0, 1, 4])
 def test_learning_rate_of_each_step_is_the_core_rule(warmup):
-    rates, _ = _trajectory(_spec("sgd", 0.0, 0.0, warmup))
-    assert rates == pytest.approx([learning_rate_at(s, 0.1, warmup) for s in range(len(GRADS))], abs=1e-12)
+    rates, _ = _trajectory(O.spec("sgd", 0.0, 0.0, warmup))
+    assert rates == pytest.approx(O.rates(warmup), abs=1e-12)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("case", O.CASES, ids=O.case_id)
 def test_trajectories_are_the_core_ones(case):
-    _, out = _trajectory(_spec(*case))
-    assert out == pytest.approx(_expected(*case), abs=1e-9)
+    _, out = _trajectory(O.spec(*case))
+    assert out == pytest.approx(O.expected(*case), abs=1e-9)

@@ -77,18 +77,6 @@ def input_signature(model: Any) -> list[tf.TensorSpec]:
     return [tf.TensorSpec([None] + list(t.shape[1:]), t.dtype, name=t.name.split(":")[0]) for t in model.inputs]
 
 
-def rename_io(proto: onnx.ModelProto, renames: dict[str, str]) -> onnx.ModelProto:
-    """Rename graph inputs/outputs (and every reference to them)."""
-    g = proto.graph
-    for vi in list(g.input) + list(g.output):
-        if vi.name in renames:
-            vi.name = renames[vi.name]
-    for node in g.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-    return proto
-
-
 def _collecting(factory: Callable[[], Any]) -> Callable[[], Any]:
     """A tf2onnx optimizer factory that first frees the graph copies earlier optimizers left behind."""
     def make() -> Any:

@@ -56,3 +56,12 @@ def test_unknown_runtimes_and_deploy_without_onnx_are_refused_before_work():
     with pytest.raises(SpecValidationError, match="deploy measures against ONNX Runtime"):
         validate_data({"stages": [{"technique": "quantization"}],
                        "export": {"formats": ["native"], "deploy": {"runtimes": ["onnxruntime"]}}}, Recipe)
+
+
+def test_fused_exports_are_not_deployed_to_runtimes_that_cannot_read_them():
+    with pytest.raises(SpecValidationError, match="only ONNX Runtime runs.*openvino"):
+        validate_data({"stages": [{"technique": "quantization"}],
+                       "export": {"optimize": "ort-transformers",
+                                  "deploy": {"runtimes": ["onnxruntime", "openvino"]}}}, Recipe)
+    validate_data({"stages": [{"technique": "quantization"}],
+                   "export": {"optimize": "ort-transformers", "deploy": {"runtimes": ["onnxruntime"]}}}, Recipe)

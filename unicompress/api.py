@@ -338,6 +338,10 @@ def _refuse_unwritable_export(adapter: Adapter, model: Any, recipe: Recipe, data
     if recipe.export is None or ExportFormat.onnx not in recipe.export.formats:
         return None
     _refuse_embeddings_without_tables(adapter, model, recipe)
+    if recipe.export.optimize != "none":  # fusion needs attention heads: refused here, before any stage
+        from .onnx.fusion import fusion_heads
+
+        fusion_heads(resolve_structure(adapter, model, recipe.structure))
     try:
         return _example_inputs(data, given)
     except StopIteration:
@@ -466,6 +470,13 @@ def _export(adapter: Adapter, model: Any, recipe: Recipe, example: Optional[Inpu
             require_tables(embedded, out["onnx"])
             if notes is not None:
                 notes.append(embedded.summary())
+        if recipe.export.optimize == "ort-transformers":  # after the embeddings: EmbedLayerNorm takes float tables
+            from .onnx.fusion import export_heads, fuse_file
+
+            heads, hidden = export_heads(resolve_structure(adapter, model, recipe.structure))
+            fused = fuse_file(out["onnx"], heads, hidden, example)
+            if notes is not None:
+                notes.append(fused.summary())
     if "native" in targets:
         out["native"] = adapter.export_native(model, targets["native"])
     return out

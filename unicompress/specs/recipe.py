@@ -252,6 +252,23 @@ class ExportSpec(SpecModel):
                              "embeddings: float")
         return embeddings
 
+    optimize: Literal["none", "ort-transformers"] = Field(
+        "none", description="kernel fusion of the ONNX file: none (as exported) or ort-transformers (ONNX Runtime's "
+        "transformer optimizer: Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization where the "
+        "graph allows; unicompress.onnx.fusion). The fused ops are com.microsoft contrib ops that ONNX Runtime "
+        "alone runs: OpenVINO, TensorRT and plain-opset runtimes cannot read the file, so use it only for ONNX "
+        "Runtime deployments. Needs a model with attention heads (refused before work otherwise); the file is "
+        "rewritten only if ONNX Runtime's outputs match the unfused file on the example inputs")
+
+    @field_validator("optimize")
+    @classmethod
+    def _optimize_needs_onnx(cls, optimize: str, info: ValidationInfo) -> str:
+        formats = info.data.get("formats")
+        if optimize != "none" and formats is not None and ExportFormat.onnx not in formats:
+            raise ValueError(f"optimize: {optimize} rewrites the ONNX file, but formats "
+                             f"[{', '.join(f.value for f in formats)}] writes none; add onnx to formats")
+        return optimize
+
     deploy: Optional[DeploySpec] = Field(None, description="measure the exported files on deployment runtimes "
                                          "and name the fastest that keeps the outputs (needs onnx in formats)")
 
@@ -262,6 +279,11 @@ class ExportSpec(SpecModel):
         if deploy is not None and formats is not None and ExportFormat.onnx not in formats:
             raise ValueError("deploy measures against ONNX Runtime on the ONNX exports, but formats "
                              f"[{', '.join(f.value for f in formats)}] writes none; add onnx to formats")
+        others = [r for r in (deploy.runtimes if deploy is not None else []) if r != "onnxruntime"]
+        if others and info.data.get("optimize", "none") != "none":
+            raise ValueError(f"optimize: {info.data['optimize']} writes com.microsoft fused ops that only ONNX Runtime "
+                             f"runs, but deploy.runtimes asks for {', '.join(others)}: drop optimize, or deploy on "
+                             "onnxruntime alone")
         return deploy
 
     @field_validator("directory")

@@ -8,7 +8,6 @@ Example::
 """
 from __future__ import annotations
 
-import dataclasses
 
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -176,7 +175,7 @@ class MutantAdapter(Adapter):
                                     kept=m == "kept_layers_map")
         elif m == "summed_pairs" and isinstance(spec, DistillationSpec) and \
                 {DistillKind.feature, DistillKind.relation} & set(spec.kinds):
-            pairs = len(spec.resolved_layer_map(self._depth(model), self._depth(ctx.teacher or model)))
+            pairs = len(spec.resolved_layer_map(self._depth(model), self._depth(ctx.teacher if ctx.teacher is not None else model)))
             spec = spec.model_copy(update={"feature_weight": spec.feature_weight * pairs,
                                            "relation_weight": spec.relation_weight * pairs})
         elif m == "padding_counted" and isinstance(spec, DistillationSpec) and data is not None:
@@ -238,7 +237,7 @@ def _unpadded(data: TaskData) -> TaskData:
                 yield x, y
         return gen
 
-    return dataclasses.replace(data, train=ones(data.train)) if data.train is not None else data
+    return replace(data, train=ones(data.train)) if data.train is not None else data
 
 
 def _rewrite_overrides(spec: QuantizationSpec, names: list[str], first_match: bool) -> QuantizationSpec:

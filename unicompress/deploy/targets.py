@@ -40,29 +40,28 @@ def timing_rows(example: Mapping[str, np.ndarray], batch: int) -> dict[str, np.n
     return out
 
 
+def sequence_length(inputs: Mapping[str, np.ndarray], default: int = 128) -> int:
+    """The second axis of the first input with one (token inputs: the sequence length)."""
+    return int(next((v.shape[1] for v in inputs.values() if np.ndim(v) >= 2), default))
+
+
 def measure_targets(deploy: Any, exports: Mapping[str, Path], baseline: Path,
                     example: Mapping[str, np.ndarray]) -> dict:
     """Every exported file (ONNX, and the native file for a runtime that reads it) on every runtime of `deploy`
-    (a `DeploySpec`), against ONNX Runtime on `baseline`: ``{"table": ..., "choice": ..., "markdown": ...}``."""
+    (a `DeploySpec`), against ONNX Runtime on `baseline`: ``{"table", "chosen", "reason", "markdown"}``."""
+    from .compare import compare_runtimes
+
     files = [Path(p) for k, p in exports.items() if k in ("onnx", "native")]
     native = Path(exports["native"]) if "native" in exports else None
     if native is not None and native.is_dir():  # a folder export: the runtimes read a file in it
         files = [f for f in files if f != native] + sorted(p for p in native.iterdir() if p.is_file())
     inputs = timing_rows(example, deploy.batch)
-    length = int(next((v.shape[1] for v in inputs.values() if np.ndim(v) >= 2), 128))
-    table = compare_files(baseline, files, deploy, inputs, length)
+    table = compare_runtimes([baseline, *files], deploy.runtimes, batch=deploy.batch, length=sequence_length(inputs),
+                             threads=deploy.threads, runs=deploy.runs, reference=("onnxruntime", baseline),
+                             inputs=inputs, tolerance=deploy.tolerance)
     choice = table.choose(deploy.tolerance)
     return {"table": table.to_dict(), "chosen": choice.row.to_dict(), "reason": choice.reason,
             "markdown": table.to_markdown()}
 
 
-def compare_files(baseline: Path, files: list[Path], deploy: Any, inputs: Mapping[str, np.ndarray],
-                  length: int) -> Any:
-    from .compare import compare_runtimes
-
-    return compare_runtimes([baseline, *files], deploy.runtimes, batch=deploy.batch, length=length,
-                            threads=deploy.threads, runs=deploy.runs, reference=("onnxruntime", baseline),
-                            inputs=inputs, tolerance=deploy.tolerance)
-
-
-__all__ = ["baseline_path", "export_baseline", "measure_targets", "timing_rows"]
+__all__ = ["baseline_path", "export_baseline", "measure_targets", "sequence_length", "timing_rows"]

@@ -325,6 +325,16 @@ def _int_list(consts: dict, name: str) -> Optional[list[int]]:
     return [int(v) for v in value.reshape(-1)] if value.dtype.kind in "iu" else None
 
 
+def _index(graph: Any, nodes: list) -> tuple[dict, dict, dict]:
+    """(output -> producing node, value -> reading nodes, initializer name -> tensor) of a graph's nodes."""
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producer, consumers, {t.name: t for t in graph.initializer}
+
+
 def collapse_tensordot(proto: Any) -> int:
     """Reshape(x, [-1, K]) -> MatMul(., W [K, N]) -> Reshape(., Concat(Gather(Shape(x), [0..r-2]), [N]))  =>
     MatMul(x, W) on the rank-r x; returns how many MatMuls were collapsed.
@@ -337,12 +347,7 @@ def collapse_tensordot(proto: Any) -> int:
     """
     g = proto.graph
     nodes = list(g.node)
-    producer = {o: n for n in nodes for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    consts = {t.name: t for t in g.initializer}
+    producer, consumers, consts = _index(g, nodes)
     ranks = _ranks(proto)
 
     def through_casts(name: str) -> Optional[Any]:
@@ -494,12 +499,7 @@ def canonical_attention_mask(proto: Any) -> int:
 
     g = proto.graph
     nodes = list(g.node)
-    producer = {o: n for n in nodes for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    consts = {t.name: t for t in g.initializer}
+    producer, consumers, consts = _index(g, nodes)
     graph_inputs = {vi.name: vi for vi in g.input if vi.name not in consts}
     made: dict[tuple, str] = {}
     new_nodes: list = []

@@ -6,9 +6,9 @@ from .pruning import (block_mask, global_magnitude_masks, head_mask, head_scores
                       mask_update_due, nm_mask, polynomial_sparsity, sparsity_of)
 from .quantization import (linear_qparams, log_dequantize, log_quantize, qrange, quantize_weight,
                            value_range)
-from .training import learning_rate_at, warmup_factors
+from .training import learning_rate_at
 
-__all__ = ["lowrank", "pruning", "quantization", "training", "learning_rate_at", "warmup_factors", "optimal_error", "rank_for", "rank_for_energy", "saves_parameters",
+__all__ = ["lowrank", "pruning", "quantization", "training", "learning_rate_at", "optimal_error", "rank_for", "rank_for_energy", "saves_parameters",
            "truncated_svd", "block_mask", "global_magnitude_masks", "head_mask", "head_scores", "magnitude_mask",
            "neuron_mask", "mask_update_due", "nm_mask", "polynomial_sparsity", "sparsity_of", "linear_qparams", "log_dequantize",
            "log_quantize", "qrange", "quantize_weight", "value_range"]

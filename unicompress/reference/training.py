@@ -19,11 +19,6 @@ ADAMW_BETAS = (0.9, 0.999)
 ADAMW_EPSILON = 1e-8
 
 
-def warmup_factors(warmup_steps: int) -> np.ndarray:
-    """The factors of steps 0 .. warmup_steps - 1 (float64); every later step has factor 1.0."""
-    return np.minimum(1.0, (np.arange(int(warmup_steps), dtype=np.float64) + 1.0) / max(int(warmup_steps), 1))
-
-
 def learning_rate_at(step: int, learning_rate: float, warmup_steps: int) -> float:
     """The learning rate of 0-based optimizer step `step`. Example: ``learning_rate_at(0, 1e-3, 4) == 2.5e-4``."""
     return float(learning_rate) * (min(1.0, (int(step) + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
@@ -58,4 +53,4 @@ def adamw_trajectory(w0: float, grads: Sequence[float], learning_rate: float, wa
     return out
 
 
-__all__ = ["ADAMW_BETAS", "ADAMW_EPSILON", "adamw_trajectory", "learning_rate_at", "sgd_trajectory", "warmup_factors"]
+__all__ = ["ADAMW_BETAS", "ADAMW_EPSILON", "adamw_trajectory", "learning_rate_at", "sgd_trajectory"]

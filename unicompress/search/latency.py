@@ -42,9 +42,10 @@ class LatencyProbe:
 
         self.count += 1
         path = self._export(model, f"trial-{self.count}")
-        length = int(next((v.shape[1] for v in self.inputs.values() if np.ndim(v) >= 2), 128))
+        from ..deploy.targets import sequence_length
+
         table = compare_runtimes([self.baseline, path], [self.spec.runtime], batch=self.spec.latency_batch,
-                                 length=length, threads=self.spec.threads, runs=self.spec.latency_runs,
+                                 length=sequence_length(self.inputs), threads=self.spec.threads, runs=self.spec.latency_runs,
                                  reference=(self.spec.runtime, self.baseline), inputs=self.inputs)
         row = next(r for r in table.rows if Path(r.file) == path)
         path.unlink(missing_ok=True)

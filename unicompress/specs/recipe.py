@@ -229,6 +229,14 @@ class DeploySpec(SpecModel):
         return list(dict.fromkeys(runtimes))
 
 
+def _require_onnx(info: ValidationInfo, what: str) -> None:
+    """An export option that works on the ONNX file, refused when `formats` writes none."""
+    formats = info.data.get("formats")
+    if formats is not None and ExportFormat.onnx not in formats:
+        raise ValueError(f"{what}, but formats [{', '.join(f.value for f in formats)}] writes none; add onnx to "
+                         "formats")
+
+
 class ExportSpec(SpecModel):
     """What to write at the end; every file is written atomically."""
 
@@ -242,15 +250,12 @@ class ExportSpec(SpecModel):
         "block scales, com.microsoft.GatherBlockQuantized: ONNX Runtime and OpenVINO, not plain-opset runtimes); "
         "tables under 4096 elements stay float (unicompress.onnx.embeddings)")
 
-    @field_validator("embeddings")
+    @field_validator("embeddings", "optimize")
     @classmethod
-    def _embeddings_need_onnx(cls, embeddings: str, info: ValidationInfo) -> str:
-        formats = info.data.get("formats")
-        if embeddings != "float" and formats is not None and ExportFormat.onnx not in formats:
-            raise ValueError(f"embeddings: {embeddings} rewrites the ONNX file, but formats "
-                             f"[{', '.join(f.value for f in formats)}] writes none; add onnx to formats or use "
-                             "embeddings: float")
-        return embeddings
+    def _rewrite_needs_onnx(cls, value: str, info: ValidationInfo) -> str:
+        if value not in ("float", "none"):
+            _require_onnx(info, f"{info.field_name}: {value} rewrites the ONNX file")
+        return value
 
     optimize: Literal["none", "ort-transformers"] = Field(
         "none", description="kernel fusion of the ONNX file: none (as exported) or ort-transformers (ONNX Runtime's "
@@ -260,25 +265,14 @@ class ExportSpec(SpecModel):
         "Runtime deployments. Needs a model with attention heads (refused before work otherwise); the file is "
         "rewritten only if ONNX Runtime's outputs match the unfused file on the example inputs")
 
-    @field_validator("optimize")
-    @classmethod
-    def _optimize_needs_onnx(cls, optimize: str, info: ValidationInfo) -> str:
-        formats = info.data.get("formats")
-        if optimize != "none" and formats is not None and ExportFormat.onnx not in formats:
-            raise ValueError(f"optimize: {optimize} rewrites the ONNX file, but formats "
-                             f"[{', '.join(f.value for f in formats)}] writes none; add onnx to formats")
-        return optimize
-
     deploy: Optional[DeploySpec] = Field(None, description="measure the exported files on deployment runtimes "
                                          "and name the fastest that keeps the outputs (needs onnx in formats)")
 
     @field_validator("deploy")
     @classmethod
     def _deploy_needs_onnx(cls, deploy: Optional[DeploySpec], info: ValidationInfo) -> Optional[DeploySpec]:
-        formats = info.data.get("formats")
-        if deploy is not None and formats is not None and ExportFormat.onnx not in formats:
-            raise ValueError("deploy measures against ONNX Runtime on the ONNX exports, but formats "
-                             f"[{', '.join(f.value for f in formats)}] writes none; add onnx to formats")
+        if deploy is not None:
+            _require_onnx(info, "deploy measures against ONNX Runtime on the ONNX exports")
         others = [r for r in (deploy.runtimes if deploy is not None else []) if r != "onnxruntime"]
         if others and info.data.get("optimize", "none") != "none":
             raise ValueError(f"optimize: {info.data['optimize']} writes com.microsoft fused ops that only ONNX Runtime "

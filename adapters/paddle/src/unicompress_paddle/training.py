@@ -19,7 +19,7 @@ import numpy as np
 
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import TaskData
-from unicompress.reference.training import ADAMW_BETAS, ADAMW_EPSILON, warmup_factors
+from unicompress.reference.training import ADAMW_BETAS, ADAMW_EPSILON, learning_rate_at
 from unicompress.specs import FineTuneSpec, TrainingSpec
 
 from .compat import paddle
@@ -76,8 +76,8 @@ def make_optimizer(model: Any, spec: TrainingSpec, parameters=None):
     params = parameters if parameters is not None else [p for p in model.parameters() if not p.stop_gradient]
     lr: Any = spec.learning_rate
     if spec.warmup_steps:  # the core's rule (unicompress.reference.training); LinearWarmup starts from 0 instead
-        factors = warmup_factors(spec.warmup_steps).tolist()
-        lr = paddle.optimizer.lr.LambdaDecay(spec.learning_rate, lambda s: factors[s] if s < len(factors) else 1.0)
+        warmup = spec.warmup_steps
+        lr = paddle.optimizer.lr.LambdaDecay(spec.learning_rate, lambda s: learning_rate_at(s, 1.0, warmup))
     # the core's hyper-parameters (unicompress.reference.training); a float weight_decay is L2 added to the gradient
     if spec.optimizer.value == "sgd" and spec.momentum:
         return paddle.optimizer.Momentum(learning_rate=lr, momentum=spec.momentum, parameters=params,

@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from unicompress.backend.adapter import StageContext  # noqa: E402
 from unicompress.backend.types import TaskData  # noqa: E402
-from unicompress.reference.training import ADAMW_BETAS, ADAMW_EPSILON, warmup_factors  # noqa: E402
+from unicompress.reference.training import ADAMW_BETAS, ADAMW_EPSILON  # noqa: E402
 from unicompress.specs import FineTuneSpec, TrainingSpec  # noqa: E402
 
 from .distributed import data_parallel_for  # noqa: E402
@@ -47,16 +47,15 @@ def make_optimizer(spec: TrainingSpec) -> keras.optimizers.Optimizer:
 
 
 class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
-    """The core's rule (`unicompress.reference.training`) in the graph: the factor of step s is the core's
-    value for s, 1.0 once warm-up is over."""
+    """The core's rule (`unicompress.reference.training.learning_rate_at`) in the graph: step s (from 0) uses
+    peak * min(1, (s + 1) / warmup); test_tensorflow_lr_schedule replays it against the reference."""
 
     def __init__(self, peak: float, warmup: int):
         self.peak, self.warmup = float(peak), int(warmup)
-        self.factors = tf.constant(np.append(warmup_factors(warmup), 1.0), tf.float32)
 
     def __call__(self, step):
-        index = tf.minimum(tf.cast(step, tf.int32), self.warmup)
-        return self.peak * tf.gather(self.factors, index)
+        step = tf.cast(step, tf.float32) + 1.0
+        return self.peak * tf.minimum(1.0, step / float(self.warmup))
 
     def get_config(self) -> dict:
         return {"peak": self.peak, "warmup": self.warmup}

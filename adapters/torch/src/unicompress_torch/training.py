@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize, prune
 from unicompress.backend.adapter import StageContext
 from unicompress.backend.types import Inputs, TaskData
 from unicompress.specs import FineTuneSpec, Optimizer, TrainingSpec
-from unicompress.reference.training import ADAMW_BETAS, ADAMW_EPSILON, warmup_factors
+from unicompress.reference.training import ADAMW_BETAS, ADAMW_EPSILON, learning_rate_at
 
 from .distributed import data_parallel_for
 
@@ -126,8 +126,8 @@ def batches_forever(data: TaskData, batch_size: Optional[int] = None
 def make_schedule(optimizer: Any, training: TrainingSpec) -> Any:
     """The core's learning-rate rule (`unicompress.reference.training`: linear warm-up from step 0, then the
     peak) as a LambdaLR over `optimizer`'s peak learning rate."""
-    factors = warmup_factors(training.warmup_steps).tolist()
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: factors[s] if s < len(factors) else 1.0)
+    warmup = training.warmup_steps
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_at(s, 1.0, warmup))
 
 
 def make_optimizer(params: Iterable[torch.Tensor], training: TrainingSpec) -> torch.optim.Optimizer:
